@@ -1,0 +1,34 @@
+# Simple-Registry developer entry points. `make run` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint binary bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,s3,redis]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/registry server
+
+test: $(STAMP)
+	$(BIN)/ruff check app tests
+	$(BIN)/mypy
+	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests
+	$(BIN)/ruff format --check app tests
+	$(BIN)/mypy
+
+binary: $(STAMP)
+	$(BIN)/pyinstaller --clean --noconfirm --distpath dist --workpath build/work build/registry.spec
+
+clean:
+	rm -rf $(VENV) dist build/work .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""Simple-Registry: an OCI-compliant, Docker-compatible container registry."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Long-lived actors that own the running server's mutable state."""

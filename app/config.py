@@ -1,0 +1,413 @@
+"""Configuration: TOML files merged in order, `REGISTRY__…` environment overrides, zero-config defaults.
+
+Errors name the file (or environment variable), the key path and the reason. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from app.grammar import NAME_RE
+from app.units import ByteSize, Duration
+
+APP_NAME = "registry"
+ENV_PREFIX = "REGISTRY__"
+
+
+class ConfigError(Exception):
+    """An invalid configuration, with a message naming file, key and reason."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TLSConfig(Section):
+    server_certificate_bundle: Path
+    server_private_key: Path
+    client_ca_bundle: Path | None = None
+    client_auth: Literal["optional", "required"] = "optional"
+
+
+class ServerConfig(Section):
+    bind_address: str = "127.0.0.1"
+    port: int = Field(5000, ge=0, le=65535)
+    query_timeout: Duration = 3600.0
+    query_timeout_grace_period: Duration = 60.0
+    streaming_chunk_size: ByteSize = Field(1024 * 1024, ge=4096)
+    tls: TLSConfig | None = None
+
+
+class AccessPolicy(Section):
+    default_allow: bool = False
+    rules: list[str] = []
+
+
+class RetentionPolicy(Section):
+    rules: list[str] = []
+
+
+class GCConfig(Section):
+    enabled: bool = True
+    interval: Duration = 3600.0
+    grace_period: Duration = 3600.0
+    delete_untagged: bool = False
+
+
+class GlobalConfig(Section):
+    max_concurrent_requests: int = Field(64, ge=1)
+    max_concurrent_cache_jobs: int = Field(4, ge=1)
+    update_pull_time: bool = True
+    max_manifest_size: ByteSize = Field(4 * 1024 * 1024, ge=1024)
+    access_policy: AccessPolicy | None = None
+    retention_policy: RetentionPolicy | None = None
+    immutable_tags: bool = False
+    immutable_tags_exclusions: list[str] = []
+    authorization_webhook: str | None = None
+    trusted_proxies: list[str] = []
+    gc: GCConfig = GCConfig()
+
+
+class RedisLockConfig(Section):
+    url: str
+    ttl: Duration = 10.0
+    key_prefix: str = ""
+    max_retries: int = 100
+    retry_delay_ms: int = 10
+
+
+class FsStoreConfig(Section):
+    root_dir: Path
+    sync_to_disk: bool = False
+    redis: RedisLockConfig | None = None
+
+
+class S3StoreConfig(Section):
+    access_key_id: str
+    secret_key: str
+    endpoint: str | None = None
+    bucket: str
+    region: str = "us-east-1"
+    key_prefix: str = ""
+    multipart_part_size: ByteSize = Field(10 * 1024 * 1024, ge=5 * 1024 * 1024)
+    multipart_copy_threshold: ByteSize = 5 * 1024**3
+    multipart_copy_chunk_size: ByteSize = 100 * 1024 * 1024
+    multipart_copy_jobs: int = Field(4, ge=1)
+    redis: RedisLockConfig | None = None
+
+
+class StoreConfig(Section):
+    fs: FsStoreConfig | None = None
+    s3: S3StoreConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StoreConfig:
+        if (self.fs is None) == (self.s3 is None):
+            raise ValueError("configure exactly one of `fs` or `s3`")
+        return self
+
+
+class RedisCacheConfig(Section):
+    url: str
+    key_prefix: str = ""
+
+
+class CacheConfig(Section):
+    redis: RedisCacheConfig | None = None
+
+
+class IdentityConfig(Section):
+    username: str
+    password: str
+
+
+class OIDCConfig(Section):
+    provider: Literal["github", "generic"]
+    issuer: str | None = None
+    jwks_uri: str | None = None
+    jwks_refresh_interval: Duration = 3600.0
+    required_audience: str | None = None
+    clock_skew_tolerance: Duration = 60.0
+    allowed_algorithms: list[str] = ["RS256", "ES256"]
+
+
+class BasicAuthConfig(Section):
+    username: str
+    password: str
+
+
+class WebhookConfig(Section):
+    url: str
+    timeout_ms: int = 1000
+    bearer_token: str | None = None
+    basic_auth: BasicAuthConfig | None = None
+    client_certificate_bundle: Path | None = None
+    client_private_key: Path | None = None
+    server_ca_bundle: Path | None = None
+    forward_headers: list[str] = []
+    cache_ttl: Duration = 60.0
+
+
+class AuthConfig(Section):
+    identity: dict[str, IdentityConfig] = {}
+    oidc: dict[str, OIDCConfig] = {}
+    webhook: dict[str, WebhookConfig] = {}
+
+
+class UpstreamConfig(Section):
+    url: str
+    max_redirect: int = 5
+    server_ca_bundle: Path | None = None
+    client_certificate: Path | None = None
+    client_private_key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    connect_timeout: Duration = 30.0
+    read_timeout: Duration = 300.0
+    manifest_check_interval: Duration = 60.0
+
+
+class RepositoryConfig(Section):
+    access_policy: AccessPolicy | None = None
+    retention_policy: RetentionPolicy | None = None
+    immutable_tags: bool | None = None
+    immutable_tags_exclusions: list[str] = []
+    authorization_webhook: str | None = None
+    namespace: str | None = None
+    upstream: list[UpstreamConfig] = []
+
+
+class TracingConfig(Section):
+    endpoint: str
+    sampling_rate: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class ObservabilityConfig(Section):
+    tracing: TracingConfig | None = None
+
+
+def default_data_dir() -> Path:
+    return platformdirs.user_data_path(APP_NAME, appauthor=False)
+
+
+class Config(BaseSettings):
+    """The whole configuration. Field names are seed 004's canonical keys."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    server: ServerConfig = ServerConfig()
+    global_: GlobalConfig = Field(GlobalConfig(), alias="global")
+    blob_store: StoreConfig = Field(default_factory=lambda: StoreConfig(
+        fs=FsStoreConfig(root_dir=default_data_dir())))
+    metadata_store: StoreConfig | None = None
+    cache: CacheConfig = CacheConfig()
+    auth: AuthConfig = AuthConfig()
+    repository: dict[str, RepositoryConfig] = {}
+    observability: ObservabilityConfig = ObservabilityConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `load()` folds the files and the `REGISTRY__…` environment into the init arguments itself, so
+        # that every error names where a value came from (pydantic-settings' env source cannot map
+        # the `global` alias).
+        return (init_settings,)
+
+    @field_validator("repository")
+    @classmethod
+    def _prefixes(cls, value: dict[str, RepositoryConfig]) -> dict[str, RepositoryConfig]:
+        seen: set[str] = set()
+        for prefix in value:
+            normalized = prefix.strip("/")
+            if normalized != prefix or not NAME_RE.fullmatch(prefix):
+                raise ValueError(f"repository prefix {prefix!r} is not a valid repository name")
+            if normalized in seen:
+                raise ValueError(f"repository prefix {prefix!r} is configured twice")
+            seen.add(normalized)
+        return value
+
+    @property
+    def effective_metadata_store(self) -> StoreConfig:
+        return self.metadata_store or self.blob_store
+
+    @property
+    def zero_config_access(self) -> bool:
+        """True when nothing about access is configured: every action is allowed for everyone."""
+        return (
+            self.global_.access_policy is None
+            and not self.repository
+            and not self.auth.identity
+            and not self.auth.oidc
+            and not self.global_.authorization_webhook
+        )
+
+
+# Older key names (seeds 000/001) accepted as aliases of the canonical ones.
+_TOP_LEVEL_ALIASES = {"storage": "blob_store", "cache_store": "cache"}
+
+
+def _normalize_aliases(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    for old, new in _TOP_LEVEL_ALIASES.items():
+        if old in data:
+            if new in data:
+                raise ConfigError(f"`{old}` and `{new}` are the same section; keep only `{new}`")
+            data[new] = data.pop(old)
+    if "identity" in data:
+        auth = dict(data.get("auth", {}))
+        auth.setdefault("identity", {}).update(data.pop("identity"))
+        data["auth"] = auth
+    for old in ("locking", "lock_store"):
+        if old in data:
+            redis = data.pop(old).get("redis")
+            if redis is not None:
+                store = dict(data.get("metadata_store") or data.get("blob_store") or {})
+                if not store:
+                    store = {"fs": {"root_dir": str(default_data_dir())}}
+                backend = "s3" if "s3" in store else "fs"
+                store[backend] = {**store[backend], "redis": redis}
+                data["metadata_store"] = store
+    return data
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any], origin: dict[tuple[str, ...], str],
+           source: str, path: tuple[str, ...] = ()) -> None:
+    """Tables merged key by key; scalars and arrays replaced. Records which file set each key."""
+    for key, value in overlay.items():
+        here = (*path, key)
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, origin, source, here)
+        else:
+            base[key] = value
+        origin[here] = source
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    """TLS and data paths are relative to the folder of the file that names them."""
+    for key, value in list(data.items()):
+        if isinstance(value, dict):
+            _resolve_paths(value, folder)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    _resolve_paths(item, folder)
+        elif isinstance(value, str) and key in _PATH_KEYS:
+            data[key] = str((folder / os.path.expanduser(value)).resolve())
+
+
+_PATH_KEYS = frozenset({
+    "root_dir", "server_certificate_bundle", "server_private_key", "client_ca_bundle",
+    "client_certificate_bundle", "client_private_key", "server_ca_bundle", "client_certificate",
+})
+
+
+def default_config_files() -> list[Path]:
+    local = Path("config.toml")
+    if local.is_file():
+        return [local]
+    user = platformdirs.user_config_path(APP_NAME, appauthor=False) / "config.toml"
+    return [user] if user.is_file() else []
+
+
+def _describe_location(loc: tuple[Any, ...], origin: dict[tuple[str, ...], str]) -> tuple[str, str]:
+    keys = tuple("global" if k == "global_" else str(k) for k in loc)
+    env_name = ENV_PREFIX + "__".join(k.upper() for k in keys)
+    if env_name in os.environ:
+        return f"environment variable {env_name}", ".".join(keys)
+    for n in range(len(keys), 0, -1):
+        if keys[:n] in origin:
+            return origin[keys[:n]], ".".join(keys)
+    return "configuration", ".".join(keys)
+
+
+def _environment_overrides() -> dict[str, Any]:
+    """`REGISTRY__SECTION__KEY=value` as nested tables; JSON arrays/objects/numbers are decoded."""
+    result: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if not name.upper().startswith(ENV_PREFIX) or len(name) == len(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__")]
+        parsed: Any = value
+        if value[:1] in "[{":
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                pass
+        table = result
+        for key in keys[:-1]:
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"environment variable {name}: conflicts with another variable")
+        table[keys[-1]] = parsed
+    return result
+
+
+def load(files: list[Path] | None = None) -> Config:
+    """Load, merge and validate; raise ConfigError naming the file, key path and reason."""
+    files = default_config_files() if files is None else files
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for file in files:
+        try:
+            raw = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+        try:
+            raw = _normalize_aliases(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{file}: {exc}") from None
+        _resolve_paths(raw, Path(file).resolve().parent)
+        _merge(merged, raw, origin, str(file))
+    _merge(merged, _normalize_aliases(_environment_overrides()), origin, "environment")
+    try:
+        return Config(**merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            source, key = _describe_location(tuple(err["loc"]), origin)
+            reason = err["msg"]
+            if err["type"] == "extra_forbidden":
+                reason = f"unknown key `{key.rsplit('.', 1)[-1]}`"
+            lines.append(f"{source}: {key}: {reason}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective configuration as a dict with every secret replaced by `***`."""
+    secret_keys = {"password", "secret_key", "bearer_token", "access_key_id", "url_password"}
+
+    def scrub(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if key in secret_keys and value:
+            return "***"
+        return value
+
+    data = config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dict(scrub(data))

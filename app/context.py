@@ -1,0 +1,38 @@
+"""Everything a request handler needs, built once at start: config, storage, actors, services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.actors.supervisor import Actors, start_actors
+from app.config import Config
+from app.policy import Authorizer
+from app.services.blobs import BlobService
+from app.services.manifests import ManifestService
+from app.services.uploads import UploadService
+from app.storage import Storage, open_storage
+
+
+@dataclass
+class Registry:
+    config: Config
+    storage: Storage
+    actors: Actors
+    blobs: BlobService
+    uploads: UploadService
+    manifests: ManifestService
+    authorizer: Authorizer
+
+    async def close(self) -> None:
+        self.actors.stop()
+        await self.storage.close()
+
+
+def build_registry(config: Config) -> Registry:
+    authorizer = Authorizer(config)
+    storage = open_storage(config.blob_store)
+    actors = start_actors()
+    blobs = BlobService(storage)
+    uploads = UploadService(storage, actors.uploads, actors.locks, blobs, config.server.streaming_chunk_size)
+    manifests = ManifestService(storage, actors.index, actors.locks, blobs, config.global_.max_manifest_size)
+    return Registry(config, storage, actors, blobs, uploads, manifests, authorizer)

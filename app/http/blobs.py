@@ -1,0 +1,40 @@
+"""Blob HEAD/GET (with single ranges) and DELETE (unlink from the namespace)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app.context import Registry
+from app.http.ranges import parse_range, send_object
+from app.http.responses import empty, head
+from app.http.router import Route
+from app.storage import layout
+
+
+async def get_blob(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
+    assert route.namespace is not None and route.digest is not None
+    stat = await registry.blobs.stat(route.namespace, route.digest)
+    headers = {
+        "Docker-Content-Digest": str(route.digest),
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{route.digest}"',
+        "Cache-Control": "max-age=31536000",
+    }
+    byte_range = parse_range(request.headers.get("Range"), stat.size)
+    status, offset, length = 200, 0, stat.size
+    if byte_range is not None:
+        start, end = byte_range
+        status, offset, length = 206, start, end - start + 1
+        headers["Content-Range"] = f"bytes {start}-{end}/{stat.size}"
+    if request.method == "HEAD":
+        return head(status, length, headers, "application/octet-stream")
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_type = "application/octet-stream"
+    return await send_object(request, response, registry.storage, layout.blob_data(route.digest),
+                             offset, length)
+
+
+async def delete_blob(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
+    assert route.namespace is not None and route.digest is not None
+    await registry.blobs.unlink(route.namespace, route.digest)
+    return empty(202, {"Docker-Content-Digest": str(route.digest)})

@@ -1,0 +1,29 @@
+"""Liveness (`/healthz`, `/health`), readiness (`/readyz`) and Prometheus metrics (`/metrics`)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.context import Registry
+from app.http.responses import json_response
+from app.http.router import Route
+from app.storage import layout
+
+
+async def healthz(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
+    try:
+        await registry.storage.list_dir(layout.ROOT)
+    except Exception as exc:  # any storage failure means "not ready"
+        return json_response({"status": "unavailable", "storage": str(exc)}, status=503)
+    return json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
+    response = web.Response(body=generate_latest())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response

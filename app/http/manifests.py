@@ -1,0 +1,43 @@
+"""Manifest HEAD/GET/PUT/DELETE by tag or digest."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from app.context import Registry
+from app.grammar import validate_tag
+from app.http.responses import empty, head, read_limited
+from app.http.router import Route
+
+
+async def get_manifest(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
+    assert route.namespace is not None and route.reference is not None
+    stored = await registry.manifests.get(route.namespace, route.reference)
+    headers = {"Docker-Content-Digest": str(stored.digest), "ETag": f'"{stored.digest}"'}
+    if request.method == "HEAD":
+        return head(200, len(stored.body), headers, stored.media_type)
+    response = web.Response(body=stored.body, headers=headers)
+    response.content_type = stored.media_type
+    return response
+
+
+async def put_manifest(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
+    assert route.namespace is not None and route.reference is not None
+    limit = registry.config.global_.max_manifest_size
+    body = await read_limited(request, limit)
+    tags = [validate_tag(tag) for tag in request.query.getall("tag", [])]
+    result = await registry.manifests.put(
+        route.namespace, route.reference, body, request.headers.get("Content-Type"), tags)
+    headers = {
+        "Location": f"/v2/{route.namespace}/manifests/{result.digest}",
+        "Docker-Content-Digest": str(result.digest),
+    }
+    if result.subject is not None:
+        headers["OCI-Subject"] = str(result.subject)
+    return empty(201, headers)
+
+
+async def delete_manifest(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
+    assert route.namespace is not None and route.reference is not None
+    await registry.manifests.delete(route.namespace, route.reference)
+    return empty(202)

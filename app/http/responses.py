@@ -1,0 +1,84 @@
+"""Small helpers for answering: JSON bodies, the OCI error envelope, request bodies as streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from app import errors
+from app.services.uploads import ClientDisconnected
+
+API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> web.Response:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    response = web.Response(body=body, status=status, headers=headers)
+    response.content_type = content_type
+    return response
+
+
+def error_response(error: errors.RegistryError) -> web.Response:
+    return json_response(error.body(), status=error.status, headers=error.headers)
+
+
+def empty(status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, headers=headers)
+
+
+def head(status: int, length: int, headers: dict[str, str], content_type: str) -> web.Response:
+    """A HEAD answer: the headers of the GET, with its Content-Length, and no body."""
+    return web.Response(status=status, headers={**headers, "Content-Length": str(length),
+                                                "Content-Type": content_type})
+
+
+async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; ClientDisconnected when the client goes away mid-body."""
+    expected = request.content_length
+    received = 0
+    try:
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            received += len(chunk)
+            yield chunk
+    except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+        raise ClientDisconnected(str(exc)) from exc
+    if expected is not None and received < expected:
+        raise ClientDisconnected(f"body ended after {received} of {expected} bytes")
+
+
+def has_body(request: web.Request) -> bool:
+    return bool(request.content_length) or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole (small) body, or 413 as soon as it exceeds `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.SizeInvalid(f"body of {request.content_length} bytes exceeds the limit of {limit}",
+                                 status=413)
+    chunks = bytearray()
+    async for chunk in body_stream(request):
+        chunks += chunk
+        if len(chunks) > limit:
+            raise errors.SizeInvalid(f"body exceeds the limit of {limit} bytes", status=413)
+    return bytes(chunks)
+
+
+def pagination(request: web.Request, default: int | None, maximum: int) -> int | None:
+    raw = request.query.get("n")
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise errors.PaginationInvalid(f"n must be a non-negative integer, not {raw[:50]!r}")
+    return min(int(raw), maximum)
+
+
+def next_link(path: str, last: str, n: int) -> str:
+    return f'<{path}?n={n}&last={last}>; rel="next"'

@@ -1,0 +1,1 @@
+"""The registry's operations over storage and actors, called by the thin HTTP handlers."""

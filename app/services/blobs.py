@@ -1,0 +1,45 @@
+"""Blobs: namespace-scoped visibility (a `_layers` link), stat, link/unlink, existence anywhere."""
+
+from __future__ import annotations
+
+from app import errors
+from app.grammar import Digest
+from app.services.links import write_link
+from app.storage import Stat, Storage, layout
+
+
+class BlobService:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def stat(self, namespace: str, digest: Digest) -> Stat:
+        """The blob as visible in `namespace`; BLOB_UNKNOWN when not linked there or not stored."""
+        if await self.storage.stat(layout.layer_link(namespace, digest)) is None:
+            raise errors.BlobUnknown(f"blob {digest} is unknown in repository {namespace}")
+        stat = await self.storage.stat(layout.blob_data(digest))
+        if stat is None:
+            raise errors.BlobUnknown(f"blob {digest} is unknown in repository {namespace}")
+        return stat
+
+    async def is_linked(self, namespace: str, digest: Digest) -> bool:
+        return await self.storage.stat(layout.layer_link(namespace, digest)) is not None
+
+    async def exists(self, digest: Digest) -> bool:
+        return await self.storage.stat(layout.blob_data(digest)) is not None
+
+    async def link(self, namespace: str, digest: Digest) -> None:
+        await write_link(self.storage, layout.layer_link(namespace, digest), digest)
+
+    async def unlink(self, namespace: str, digest: Digest) -> None:
+        if not await self.storage.delete(layout.layer_link(namespace, digest)):
+            raise errors.BlobUnknown(f"blob {digest} is unknown in repository {namespace}")
+
+    async def mount(self, namespace: str, digest: Digest, source: str | None) -> bool:
+        """Link a blob readable in `source` (or, without source, stored anywhere) into `namespace`."""
+        if source is not None:
+            if not await self.is_linked(source, digest) or not await self.exists(digest):
+                return False
+        elif not await self.exists(digest):
+            return False
+        await self.link(namespace, digest)
+        return True

@@ -1,0 +1,210 @@
+"""Manifests, tags, referrers and the catalog: storage is the truth, the index actor the cache."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from app import errors, manifest
+from app.actors.bridge import ActorHandle
+from app.actors.locks import Locks
+from app.actors.manifest_index import page
+from app.grammar import Digest
+from app.services.blobs import BlobService
+from app.services.links import read_link, write_link
+from app.storage import Storage, layout
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: Digest
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    digest: Digest
+    subject: Digest | None
+
+
+class ManifestService:
+    def __init__(self, storage: Storage, index: ActorHandle, locks: Locks, blobs: BlobService,
+                 max_manifest_size: int) -> None:
+        self.storage = storage
+        self.index = index
+        self.locks = locks
+        self.blobs = blobs
+        self.max_manifest_size = max_manifest_size
+
+    # --- reading ------------------------------------------------------------------------------
+    async def resolve_tag(self, namespace: str, tag: str) -> Digest:
+        cached = await self.index.call("resolve", namespace, tag)
+        if cached is not None:
+            return Digest.parse(cached)
+        digest = await read_link(self.storage, layout.tag_current_link(namespace, tag))
+        if digest is None:
+            raise errors.ManifestUnknown(f"manifest tagged {tag!r} is unknown in repository {namespace}")
+        self.index.tell("set_tag", namespace, tag, str(digest))
+        return digest
+
+    async def get(self, namespace: str, reference: Digest | str) -> StoredManifest:
+        digest = reference if isinstance(reference, Digest) else await self.resolve_tag(namespace, reference)
+        key = str(digest)
+        media_type = await self.index.call("revision", namespace, key)
+        if media_type is None:
+            if await self.storage.stat(layout.revision_link(namespace, digest)) is None:
+                raise errors.ManifestUnknown(f"manifest {digest} is unknown in repository {namespace}")
+        body = await self.index.call("body", key)
+        if body is None:
+            try:
+                body = await self.storage.get(layout.blob_data(digest))
+            except FileNotFoundError:
+                raise errors.ManifestUnknown(f"manifest {digest} is missing from storage") from None
+            self.index.tell("keep_body", key, body)
+        if media_type is None:
+            try:
+                media_type = (await self.storage.get(layout.revision_media_type(namespace, digest))).decode()
+            except FileNotFoundError:
+                media_type = manifest.sniff_media_type(body)
+            self.index.tell("add_revision", namespace, key, media_type)
+        return StoredManifest(digest, media_type, body)
+
+    # --- writing ------------------------------------------------------------------------------
+    async def put(self, namespace: str, reference: Digest | str, body: bytes, content_type: str | None,
+                  extra_tags: list[str]) -> PutResult:
+        if len(body) > self.max_manifest_size:
+            raise errors.SizeInvalid(
+                f"manifest is {len(body)} bytes, more than max_manifest_size ({self.max_manifest_size})",
+                status=413)
+        algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
+        digest = Digest.of(body, algorithm)
+        if isinstance(reference, Digest) and reference != digest:
+            raise errors.DigestInvalid(f"manifest digest is {digest}, not {reference}")
+        parsed = manifest.parse(body, content_type, digest)
+        await self._check_references(namespace, parsed)
+
+        key = str(digest)
+        if not await self.blobs.exists(digest):
+            await self.storage.put(layout.blob_data(digest), body)
+        await self.storage.put(layout.revision_media_type(namespace, digest), parsed.media_type.encode())
+        await write_link(self.storage, layout.revision_link(namespace, digest), digest)
+        if parsed.subject is not None:
+            await write_link(self.storage, layout.referrer_link(namespace, parsed.subject, digest), digest)
+            self.index.tell("add_referrer", namespace, str(parsed.subject), parsed.referrer_descriptor())
+        self.index.tell("keep_body", key, body)
+        self.index.tell("add_revision", namespace, key, parsed.media_type)
+
+        tags = ([] if isinstance(reference, Digest) else [reference]) + extra_tags
+        for tag in dict.fromkeys(tags):
+            async with self.locks.hold(f"tag:{namespace}:{tag}"):
+                await self._set_tag(namespace, tag, digest)
+        return PutResult(digest, parsed.subject)
+
+    async def _set_tag(self, namespace: str, tag: str, digest: Digest) -> None:
+        await write_link(self.storage, layout.tag_index_link(namespace, tag, digest), digest)
+        await write_link(self.storage, layout.tag_current_link(namespace, tag), digest)
+        self.index.tell("set_tag", namespace, tag, str(digest))
+
+    async def _check_references(self, namespace: str, parsed: manifest.Manifest) -> None:
+        async def blob_known(descriptor: manifest.Descriptor) -> manifest.Descriptor | None:
+            return None if await self.blobs.is_linked(namespace, descriptor.digest) else descriptor
+
+        async def child_known(descriptor: manifest.Descriptor) -> manifest.Descriptor | None:
+            if await self.index.call("revision", namespace, str(descriptor.digest)) is not None:
+                return None
+            known = await self.storage.stat(layout.revision_link(namespace, descriptor.digest))
+            return None if known is not None else descriptor
+
+        missing = [m for m in await asyncio.gather(
+            *(blob_known(d) for d in parsed.blobs), *(child_known(d) for d in parsed.children)) if m]
+        if missing:
+            raise errors.ManifestBlobUnknown(
+                f"manifest references {missing[0].digest}, which is unknown in repository {namespace}",
+                detail={"digest": str(missing[0].digest)})
+
+    # --- deleting -----------------------------------------------------------------------------
+    async def delete(self, namespace: str, reference: Digest | str) -> None:
+        if not isinstance(reference, Digest):
+            async with self.locks.hold(f"tag:{namespace}:{reference}"):
+                await self.resolve_tag(namespace, reference)
+                await self.storage.delete_tree(layout.tag_dir(namespace, reference))
+                self.index.tell("delete_tag", namespace, reference)
+            return
+        stored = await self.get(namespace, reference)
+        tags = await self._all_tags(namespace)
+        for tag, target in tags.items():
+            if target == str(reference):
+                async with self.locks.hold(f"tag:{namespace}:{tag}"):
+                    await self.storage.delete_tree(layout.tag_dir(namespace, tag))
+        described = manifest.describe_stored(stored.body, stored.media_type, reference)
+        if described.subject is not None:
+            await self.storage.delete_tree(
+                layout.referrer_link(namespace, described.subject, reference).rsplit("/", 1)[0])
+            self.index.tell("remove_referrer", namespace, str(described.subject), str(reference))
+        await self.storage.delete_tree(layout.revision_dir(namespace, reference))
+        self.index.tell("drop_revision", namespace, str(reference))
+
+    # --- listing ------------------------------------------------------------------------------
+    async def _all_tags(self, namespace: str) -> dict[str, str]:
+        """Every tag of a namespace read from storage, installed in the index when nothing raced."""
+        generation = await self.index.call("generation", namespace)
+        names = await self.storage.list_dir(layout.tags_dir(namespace))
+        links = await asyncio.gather(
+            *(read_link(self.storage, layout.tag_current_link(namespace, name)) for name in names))
+        tags = {name: str(digest) for name, digest in zip(names, links, strict=True) if digest is not None}
+        self.index.tell("load_tags", namespace, tags, generation)
+        return tags
+
+    async def list_tags(self, namespace: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        listed = await self.index.call("list_tags", namespace, n, last)
+        if listed is not None:
+            return listed  # type: ignore[no-any-return]
+        tags = await self._all_tags(namespace)
+        if not tags and not await self.namespace_exists(namespace):
+            raise errors.NameUnknown(f"repository {namespace} is not known to the registry")
+        return page(sorted(tags), n, last)
+
+    async def namespace_exists(self, namespace: str) -> bool:
+        return bool(await self.storage.list_dir(layout.repository(namespace)))
+
+    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
+        descriptors = await self.index.call("referrers", namespace, str(subject))
+        if descriptors is None:
+            descriptors = []
+            base = layout.referrers_dir(namespace, subject)
+            for algorithm in await self.storage.list_dir(base):
+                for encoded in await self.storage.list_dir(f"{base}/{algorithm}"):
+                    try:
+                        digest = Digest.parse(f"{algorithm}:{encoded}")
+                        stored = await self.get(namespace, digest)
+                    except errors.RegistryError:
+                        continue  # a dangling referrer link (scrub repairs it)
+                    described = manifest.describe_stored(stored.body, stored.media_type, digest)
+                    descriptors.append(described.referrer_descriptor())
+            self.index.tell("load_referrers", namespace, str(subject), descriptors)
+        if artifact_type is not None:
+            descriptors = [d for d in descriptors if d.get("artifactType") == artifact_type]
+        return sorted(descriptors, key=lambda d: d["digest"])
+
+    async def catalog(self, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        listed = await self.index.call("catalog", n, last)
+        if listed is None:
+            await self.index.call("load_catalog", await self._discover_namespaces())
+            listed = await self.index.call("catalog", n, last)
+        return listed  # type: ignore[no-any-return]
+
+    async def _discover_namespaces(self) -> list[str]:
+        """Every folder below `repositories/` that holds a `_manifests` folder (as distribution does)."""
+        found: list[str] = []
+
+        async def visit(name: str) -> None:
+            children = await self.storage.list_dir(f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES)
+            if name and "_manifests" in children:
+                found.append(name)
+            await asyncio.gather(*(visit(f"{name}/{child}" if name else child)
+                                   for child in children if not child.startswith("_")))
+
+        await visit("")
+        return found

@@ -1,0 +1,203 @@
+"""Upload sessions: streamed appends with a running hash, resumable after a restart, atomic commit."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from app import errors
+from app.actors.bridge import ActorHandle
+from app.actors.locks import Locks
+from app.actors.uploads import Lease
+from app.grammar import Digest
+from app.services.blobs import BlobService
+from app.storage import Storage, layout
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    start: int
+    end: int  # inclusive
+
+    @classmethod
+    def parse(cls, header: str | None) -> ContentRange | None:
+        if header is None:
+            return None
+        text = header.strip()
+        if text.startswith("bytes "):
+            text = text[6:].split("/", 1)[0]
+        start, sep, end = text.partition("-")
+        if not sep or not start.isdigit() or not end.isdigit() or int(end) < int(start):
+            raise errors.RangeInvalid(f"invalid Content-Range {header[:100]!r}", status=416)
+        return cls(int(start), int(end))
+
+
+class ClientDisconnected(Exception):
+    """The client went away in the middle of a request body; `size` is what the upload kept."""
+
+    size = 0
+
+
+def range_header(size: int) -> str:
+    """The `Range` an upload answers with: `0-<last byte>` (`0-0` for an empty session, per spec)."""
+    return f"0-{max(size - 1, 0)}"
+
+
+class UploadService:
+    def __init__(self, storage: Storage, actor: ActorHandle, locks: Locks, blobs: BlobService,
+                 chunk_size: int) -> None:
+        self.storage = storage
+        self.actor = actor
+        self.locks = locks
+        self.blobs = blobs
+        self.chunk_size = chunk_size
+
+    async def start(self, namespace: str) -> str:
+        upload_id = str(uuid.uuid4())
+        started_at = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)).encode()
+        await self.storage.put(layout.upload_started_at(namespace, upload_id), stamp)
+        await self.actor.call("create", namespace, upload_id, started_at)
+        return upload_id
+
+    async def status(self, namespace: str, upload_id: str) -> int:
+        size = await self.actor.call("status", namespace, upload_id)
+        if size is not None:
+            return int(size)
+        return await self._stored_size(namespace, upload_id)
+
+    async def _stored_size(self, namespace: str, upload_id: str) -> int:
+        if await self.storage.stat(layout.upload_started_at(namespace, upload_id)) is None:
+            raise errors.BlobUploadUnknown(f"upload {upload_id} is unknown in repository {namespace}")
+        stat = await self.storage.stat(layout.upload_data(namespace, upload_id))
+        return stat.size if stat else 0
+
+    async def _lease(self, namespace: str, upload_id: str) -> Lease:
+        lease: Lease | None = await self.actor.call("lease", namespace, upload_id)
+        if lease is not None:
+            return lease
+        # Not held by this process (restart, another replica): rebuild the hash from stored bytes.
+        size = await self._stored_size(namespace, upload_id)
+        hasher = hashlib.sha256()
+        if size:
+            async for chunk in self.storage.read(layout.upload_data(namespace, upload_id),
+                                                 chunk_size=self.chunk_size):
+                hasher.update(chunk)
+        started = await self.storage.stat(layout.upload_started_at(namespace, upload_id))
+        started_at = started.modified if started else time.time()
+        result: Lease = await self.actor.call("adopt", namespace, upload_id, size, hasher, started_at)
+        return result
+
+    async def _append(self, namespace: str, upload_id: str, lease: Lease,
+                      body: AsyncIterator[bytes] | None, content_range: ContentRange | None) -> int:
+        """Stream `body` into the session and return the new size.
+
+        Raises ClientDisconnected (after keeping every byte that arrived) when the client goes away.
+        Any other failure may leave bytes and hash disagreeing: the caller then forgets the session.
+        """
+        if content_range is not None and content_range.start != lease.size:
+            raise errors.RangeInvalid(
+                f"Content-Range starts at {content_range.start} but the upload has {lease.size} bytes",
+                status=416, headers={"Range": range_header(lease.size)})
+        if body is None:
+            return lease.size
+        loop = asyncio.get_running_loop()
+        writer = await self.storage.open_append(layout.upload_data(namespace, upload_id))
+        buffer = bytearray()
+
+        async def flush() -> None:
+            nonlocal buffer
+            data, buffer = bytes(buffer), bytearray()
+            await asyncio.gather(writer.write(data), loop.run_in_executor(None, lease.hasher.update, data))
+
+        try:
+            try:
+                async for chunk in body:
+                    buffer += chunk
+                    if len(buffer) >= self.chunk_size:
+                        await flush()
+            except ClientDisconnected as gone:
+                if buffer:
+                    await flush()
+                gone.size = writer.size
+                raise
+            if buffer:
+                await flush()
+            if content_range is not None and writer.size - 1 != content_range.end:
+                await writer.truncate(lease.size)
+                raise errors.RangeInvalid(
+                    f"Content-Range ends at {content_range.end} but {writer.size - lease.size} "
+                    "bytes were sent", status=416, headers={"Range": range_header(lease.size)})
+            return writer.size
+        finally:
+            await writer.close()
+
+    async def append(self, namespace: str, upload_id: str, body: AsyncIterator[bytes] | None,
+                     content_range: ContentRange | None) -> int:
+        lease = await self._lease(namespace, upload_id)
+        try:
+            size = await self._append(namespace, upload_id, lease, body, content_range)
+        except errors.RangeInvalid:
+            self.actor.tell("release", upload_id, lease.size, lease.hasher)
+            raise
+        except ClientDisconnected as gone:
+            # What arrived is kept and hashed: the session stays usable from its new size.
+            self.actor.tell("release", upload_id, gone.size, lease.hasher)
+            raise
+        except BaseException:
+            # Bytes and hash may disagree: forget the session; the next request rebuilds it.
+            self.actor.tell("forget", upload_id)
+            raise
+        self.actor.tell("release", upload_id, size, lease.hasher)
+        return size
+
+    async def complete(self, namespace: str, upload_id: str, digest: Digest,
+                       body: AsyncIterator[bytes] | None) -> None:
+        """Append the final body, verify the digest, commit the blob and link it into the namespace."""
+        lease = await self._lease(namespace, upload_id)
+        try:
+            size = await self._append(namespace, upload_id, lease, body, None)
+            actual = await self._digest(namespace, upload_id, lease.hasher, digest.algorithm, size)
+            if actual != digest.hex:
+                await self._discard(namespace, upload_id)
+                raise errors.DigestInvalid(
+                    f"digest {digest} does not match the uploaded content ({digest.algorithm}:{actual})")
+            async with self.locks.hold(f"blob:{digest}"):
+                if await self.blobs.exists(digest):
+                    await self.storage.delete(layout.upload_data(namespace, upload_id))
+                elif size == 0:
+                    await self.storage.put(layout.blob_data(digest), b"")
+                else:
+                    await self.storage.move(layout.upload_data(namespace, upload_id),
+                                            layout.blob_data(digest))
+                await self.blobs.link(namespace, digest)
+            await self._discard(namespace, upload_id)
+        finally:
+            # Completed, discarded, or failed half-way: in every case the next request (if any)
+            # must look at storage again.
+            self.actor.tell("forget", upload_id)
+
+    async def _digest(self, namespace: str, upload_id: str, hasher: Any, algorithm: str, size: int) -> str:
+        if algorithm == "sha256":
+            return str(hasher.copy().hexdigest())
+        other = hashlib.new(algorithm)
+        if size:
+            async for chunk in self.storage.read(layout.upload_data(namespace, upload_id),
+                                                 chunk_size=self.chunk_size):
+                other.update(chunk)
+        return other.hexdigest()
+
+    async def _discard(self, namespace: str, upload_id: str) -> None:
+        await self.storage.delete_tree(layout.upload_dir(namespace, upload_id))
+
+    async def cancel(self, namespace: str, upload_id: str) -> None:
+        await self._stored_size(namespace, upload_id)  # BLOB_UPLOAD_UNKNOWN when absent
+        # Exclusive: cancelling while another request writes to the session answers "busy".
+        await self.actor.call("lease", namespace, upload_id)
+        await self._discard(namespace, upload_id)
+        self.actor.tell("forget", upload_id)

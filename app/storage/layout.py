@@ -1,0 +1,90 @@
+"""The storage keys of CNCF distribution 2.x (so a `registry:2` data directory is served in place),
+plus what this product adds where distribution does not look. Keys use `/` on every platform."""
+
+from __future__ import annotations
+
+from app.grammar import Digest
+
+ROOT = "docker/registry/v2"
+BLOBS = f"{ROOT}/blobs"
+REPOSITORIES = f"{ROOT}/repositories"
+# Temporary objects for atomic writes; outside distribution's tree so it never sees them.
+TMP = "tmp"
+
+
+def blob_data(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}/data"
+
+
+def blob_dir(digest: Digest) -> str:
+    return f"{BLOBS}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}"
+
+
+def repository(name: str) -> str:
+    return f"{REPOSITORIES}/{name}"
+
+
+def layer_link(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_layers/{digest.algorithm}/{digest.hex}/link"
+
+
+def manifests_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests"
+
+
+def revisions_dir(name: str, algorithm: str = "sha256") -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/revisions/{algorithm}"
+
+
+def revision_dir(name: str, digest: Digest) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/revisions/{digest.algorithm}/{digest.hex}"
+
+
+def revision_link(name: str, digest: Digest) -> str:
+    return f"{revision_dir(name, digest)}/link"
+
+
+def revision_media_type(name: str, digest: Digest) -> str:
+    """Ours: the media type the manifest was pushed with (distribution only reads `link` here)."""
+    return f"{revision_dir(name, digest)}/mediatype"
+
+
+def tags_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/tags"
+
+
+def tag_dir(name: str, tag: str) -> str:
+    return f"{REPOSITORIES}/{name}/_manifests/tags/{tag}"
+
+
+def tag_current_link(name: str, tag: str) -> str:
+    return f"{tag_dir(name, tag)}/current/link"
+
+
+def tag_index_link(name: str, tag: str, digest: Digest) -> str:
+    return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}/link"
+
+
+def referrers_dir(name: str, subject: Digest) -> str:
+    """Ours: `_manifests/referrers/<alg>/<subject>/<alg>/<referrer>/link`."""
+    return f"{REPOSITORIES}/{name}/_manifests/referrers/{subject.algorithm}/{subject.hex}"
+
+
+def referrer_link(name: str, subject: Digest, referrer: Digest) -> str:
+    return f"{referrers_dir(name, subject)}/{referrer.algorithm}/{referrer.hex}/link"
+
+
+def uploads_dir(name: str) -> str:
+    return f"{REPOSITORIES}/{name}/_uploads"
+
+
+def upload_dir(name: str, upload_id: str) -> str:
+    return f"{REPOSITORIES}/{name}/_uploads/{upload_id}"
+
+
+def upload_data(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/data"
+
+
+def upload_started_at(name: str, upload_id: str) -> str:
+    return f"{upload_dir(name, upload_id)}/startedat"

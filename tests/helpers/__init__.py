@@ -1,0 +1,1 @@
+"""Test helpers: starting the real server process, tools, OCI images built in the test."""
