@@ -5,6 +5,7 @@ Errors name the file (or environment variable), the key path and the reason. Unk
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tomllib
@@ -73,7 +74,7 @@ class GlobalConfig(Section):
     immutable_tags_exclusions: list[str] = []
     authorization_webhook: str | None = None
     trusted_proxies: list[str] = []
-    gc: GCConfig = GCConfig()
+    gc: GCConfig = Field(default_factory=GCConfig)
 
 
 class RedisLockConfig(Section):
@@ -209,15 +210,15 @@ class Config(BaseSettings):
         case_sensitive=False,
     )
 
-    server: ServerConfig = ServerConfig()
-    global_: GlobalConfig = Field(GlobalConfig(), alias="global")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    global_: GlobalConfig = Field(default_factory=GlobalConfig, alias="global")
     blob_store: StoreConfig = Field(default_factory=lambda: StoreConfig(
         fs=FsStoreConfig(root_dir=default_data_dir())))
     metadata_store: StoreConfig | None = None
-    cache: CacheConfig = CacheConfig()
-    auth: AuthConfig = AuthConfig()
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     repository: dict[str, RepositoryConfig] = {}
-    observability: ObservabilityConfig = ObservabilityConfig()
+    observability: ObservabilityConfig = Field(default_factory=ObservabilityConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -349,10 +350,8 @@ def _environment_overrides() -> dict[str, Any]:
         keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__")]
         parsed: Any = value
         if value[:1] in "[{":
-            try:
+            with contextlib.suppress(ValueError):
                 parsed = json.loads(value)
-            except ValueError:
-                pass
         table = result
         for key in keys[:-1]:
             table = table.setdefault(key, {})

@@ -9,6 +9,7 @@ actors answer `ActorDeadError` through the same path instead of hanging.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from types import TracebackType
 from typing import Any, TypeVar
@@ -49,10 +50,8 @@ class LoopFuture(pykka.Future[Any]):
         self._call(_reject, exc)
 
     def _call(self, func: Any, arg: Any) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
             self._loop.call_soon_threadsafe(func, self._target, arg)
-        except RuntimeError:  # loop closed: nobody is waiting any more
-            pass
 
     def get(self, *, timeout: float | None = None) -> Any:  # pragma: no cover - never blocks
         raise RuntimeError("await the asyncio future instead of calling get()")

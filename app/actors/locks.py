@@ -58,12 +58,12 @@ class Locks:
         self._actor = actor
 
     @contextlib.asynccontextmanager
-    async def hold(self, name: str, timeout: float = 60.0) -> AsyncIterator[str]:
+    async def hold(self, name: str, wait: float = 60.0) -> AsyncIterator[str]:
         token = uuid.uuid4().hex
         waiter = await self._actor.call("acquire", name, token)
         try:
             if waiter is not None:
-                await asyncio.wait_for(asyncio.wrap_future(waiter), timeout)
+                await asyncio.wait_for(asyncio.wrap_future(waiter), wait)
             yield token
         finally:
             # Also undoes a grant that raced with a timeout or cancellation.

@@ -69,9 +69,6 @@ def run(config: Config) -> int:
         runner_factory = uvloop.new_event_loop
     except ImportError:  # Windows
         runner_factory = None
-    with asyncio.Runner(loop_factory=runner_factory) as runner:
-        try:
-            runner.run(serve(config))
-        except KeyboardInterrupt:
-            pass
+    with asyncio.Runner(loop_factory=runner_factory) as runner, contextlib.suppress(KeyboardInterrupt):
+        runner.run(serve(config))
     return 0

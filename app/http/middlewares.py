@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from app import errors
 from app.context import Registry
@@ -65,7 +66,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(errors.RegistryError("internal server error", detail={"trace_id": trace}))
 
 
-def limit_middleware(limit: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def limit_middleware(limit: int) -> Middleware:
     slots = asyncio.Semaphore(limit)
 
     @web.middleware
@@ -86,7 +87,7 @@ def limit_middleware(limit: int) -> Callable[[web.Request, Handler], Awaitable[w
     return middleware
 
 
-def timeout_middleware(seconds: float) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def timeout_middleware(seconds: float) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:

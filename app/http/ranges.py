@@ -71,7 +71,7 @@ async def send_object(request: web.Request, response: web.StreamResponse, storag
                     raise ConnectionResetError("client went away")
                 count = min(SENDFILE_SEGMENT, length - sent)
                 try:
-                    await loop.sendfile(transport, file, offset + sent, count)  # type: ignore[arg-type]
+                    await loop.sendfile(transport, file, offset + sent, count)
                 except NotImplementedError:
                     file.seek(offset + sent)
                     chunk = await loop.run_in_executor(None, file.read, count)

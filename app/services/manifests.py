@@ -53,9 +53,8 @@ class ManifestService:
         digest = reference if isinstance(reference, Digest) else await self.resolve_tag(namespace, reference)
         key = str(digest)
         media_type = await self.index.call("revision", namespace, key)
-        if media_type is None:
-            if await self.storage.stat(layout.revision_link(namespace, digest)) is None:
-                raise errors.ManifestUnknown(f"manifest {digest} is unknown in repository {namespace}")
+        if media_type is None and await self.storage.stat(layout.revision_link(namespace, digest)) is None:
+            raise errors.ManifestUnknown(f"manifest {digest} is unknown in repository {namespace}")
         body = await self.index.call("body", key)
         if body is None:
             try:
@@ -160,7 +159,7 @@ class ManifestService:
     async def list_tags(self, namespace: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
         listed = await self.index.call("list_tags", namespace, n, last)
         if listed is not None:
-            return listed  # type: ignore[no-any-return]
+            return listed
         tags = await self._all_tags(namespace)
         if not tags and not await self.namespace_exists(namespace):
             raise errors.NameUnknown(f"repository {namespace} is not known to the registry")
@@ -169,7 +168,8 @@ class ManifestService:
     async def namespace_exists(self, namespace: str) -> bool:
         return bool(await self.storage.list_dir(layout.repository(namespace)))
 
-    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
+    async def referrers(self, namespace: str, subject: Digest,
+                        artifact_type: str | None) -> list[dict[str, Any]]:
         descriptors = await self.index.call("referrers", namespace, str(subject))
         if descriptors is None:
             descriptors = []
@@ -193,14 +193,15 @@ class ManifestService:
         if listed is None:
             await self.index.call("load_catalog", await self._discover_namespaces())
             listed = await self.index.call("catalog", n, last)
-        return listed  # type: ignore[no-any-return]
+        return listed
 
     async def _discover_namespaces(self) -> list[str]:
         """Every folder below `repositories/` that holds a `_manifests` folder (as distribution does)."""
         found: list[str] = []
 
         async def visit(name: str) -> None:
-            children = await self.storage.list_dir(f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES)
+            folder = f"{layout.REPOSITORIES}/{name}" if name else layout.REPOSITORIES
+            children = await self.storage.list_dir(folder)
             if name and "_manifests" in children:
                 found.append(name)
             await asyncio.gather(*(visit(f"{name}/{child}" if name else child)

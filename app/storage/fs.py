@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from app.storage import layout
 from app.storage.base import AppendWriter, Stat, Storage, StorageError
@@ -135,7 +135,7 @@ class FsStorage(Storage):
 
     async def read(self, key: str, offset: int = 0, length: int | None = None,
                    chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        file = await self._run(open, self._path(key), "rb")
+        file: BinaryIO = await self._run(open, self._path(key), "rb")
         try:
             await self._run(file.seek, offset)
             remaining = length
@@ -161,7 +161,7 @@ class FsStorage(Storage):
 
     def _walk(self, prefix: str) -> list[str]:
         base = self._path(prefix)
-        keys = []
+        keys: list[str] = []
         for folder, _dirs, files in os.walk(base):
             rel = Path(folder).relative_to(self.root).as_posix()
             keys.extend(f"{rel}/{name}" for name in files)

@@ -1,0 +1,138 @@
+"""Actors and the asyncio bridge: asks never block the loop; locks, uploads and the index keep state."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+
+import pykka
+import pytest
+
+from app import errors
+from app.actors.bridge import ActorHandle, AsyncActor, ask
+from app.actors.locks import LockActor, Locks
+from app.actors.manifest_index import ManifestIndexActor, page
+from app.actors.uploads import UploadActor, UploadBusy
+
+
+class Sleeper(AsyncActor):
+    def slow(self, value: int) -> int:
+        time.sleep(0.2)
+        return value * 2
+
+    def fail(self) -> None:
+        raise ValueError("boom")
+
+
+async def test_ask_does_not_block_the_loop() -> None:
+    ref = Sleeper.start()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    results = await asyncio.gather(*(ask(ref, "slow", i) for i in range(5)))
+    task.cancel()
+    assert results == [0, 2, 4, 6, 8]
+    # Five 0.2 s asks run in sequence on the actor (~1 s) while the loop keeps ticking every 10 ms.
+    assert ticks >= 50
+
+
+async def test_exceptions_and_dead_actors_reach_the_caller() -> None:
+    ref = Sleeper.start()
+    with pytest.raises(ValueError, match="boom"):
+        await ask(ref, "fail")
+    ref.stop()
+    with pytest.raises(pykka.ActorDeadError):
+        await asyncio.wait_for(ask(ref, "slow", 1), 2)
+
+
+async def test_locks_are_exclusive_and_fifo() -> None:
+    locks = Locks(ActorHandle(LockActor.start()))
+    order: list[int] = []
+    inside = 0
+
+    async def worker(i: int) -> None:
+        nonlocal inside
+        async with locks.hold("blob:x"):
+            inside += 1
+            assert inside == 1
+            order.append(i)
+            await asyncio.sleep(0.005)
+            inside -= 1
+
+    await asyncio.gather(*(worker(i) for i in range(10)))
+    assert sorted(order) == list(range(10))
+
+
+async def test_lock_released_only_by_owner_and_after_timeout() -> None:
+    handle = ActorHandle(LockActor.start())
+    locks = Locks(handle)
+    async with locks.hold("name") as token:
+        assert await handle.call("release", "name", "someone-else") is False
+        assert await handle.call("owner", "name") == token
+        with pytest.raises(TimeoutError):
+            async with locks.hold("name", wait=0.05):
+                pass
+    await asyncio.sleep(0.05)
+    assert await handle.call("owner", "name") is None
+    async with locks.hold("name", wait=1):  # the abandoned waiter was never granted
+        pass
+
+
+async def test_upload_actor_leases_are_exclusive() -> None:
+    uploads = ActorHandle(UploadActor.start())
+    await uploads.call("create", "ns", "u1", time.time())
+    lease = await uploads.call("lease", "ns", "u1")
+    assert lease.size == 0
+    with pytest.raises(UploadBusy):
+        await uploads.call("lease", "ns", "u1")
+    with pytest.raises(errors.BlobUploadUnknown):
+        await uploads.call("lease", "other", "u1")
+    lease.hasher.update(b"abc")
+    uploads.tell("release", "u1", 3, lease.hasher)
+    again = await uploads.call("lease", "ns", "u1")
+    assert again.size == 3 and again.hasher.hexdigest() == hashlib.sha256(b"abc").hexdigest()
+    assert await uploads.call("lease", "ns", "unknown") is None
+    assert await uploads.call("status", "ns", "u1") == 3
+    uploads.tell("forget", "u1")
+    assert await uploads.call("status", "ns", "u1") is None
+
+
+async def test_manifest_index_tags_and_generation() -> None:
+    index = ActorHandle(ManifestIndexActor.start())
+    assert await index.call("list_tags", "ns", None, None) is None
+    generation = await index.call("generation", "ns")
+    index.tell("set_tag", "ns", "b", "sha256:1")  # a push races with a listing
+    assert await index.call("load_tags", "ns", {"a": "sha256:0"}, generation) is False
+    generation = await index.call("generation", "ns")
+    assert await index.call("load_tags", "ns", {"a": "sha256:0", "b": "sha256:1"}, generation) is True
+    index.tell("set_tag", "ns", "c", "sha256:1")
+    assert await index.call("list_tags", "ns", None, None) == (["a", "b", "c"], False)
+    assert await index.call("list_tags", "ns", 1, "a") == (["b"], True)
+    index.tell("drop_revision", "ns", "sha256:1")
+    assert await index.call("list_tags", "ns", None, None) == (["a"], False)
+    assert await index.call("resolve", "ns", "b") is None
+
+
+async def test_manifest_index_body_cache_is_bounded() -> None:
+    index = ActorHandle(ManifestIndexActor.start())
+    big = b"x" * (3 * 1024 * 1024)
+    for i in range(40):
+        index.tell("keep_body", f"sha256:{i}", big)
+    assert await index.call("body", "sha256:39") == big
+    assert await index.call("body", "sha256:0") is None
+
+
+def test_page() -> None:
+    items = ["a", "b", "c", "d"]
+    assert page(items, None, None) == (items, False)
+    assert page(items, 2, None) == (["a", "b"], True)
+    assert page(items, 2, "b") == (["c", "d"], False)
+    assert page(items, 10, "bb") == (["c", "d"], False)
+    assert page(items, 0, None) == ([], True)
