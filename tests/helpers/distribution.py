@@ -1,0 +1,72 @@
+"""Start CNCF distribution (Debian's `docker-registry`) on a free loopback port over a given data folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.helpers.server import free_port
+from tests.helpers.tools import require_tool
+
+
+class DistributionProcess:
+    """One `docker-registry serve config.yml` process; `rootdirectory` is the filesystem storage root."""
+
+    def __init__(self, workdir: Path, rootdirectory: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.root = rootdirectory
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = f"127.0.0.1:{self.port}"
+        self.config_path = workdir / "distribution.yml"
+        self.log_path = workdir / "distribution.log"
+        # YAML is a superset of JSON: write the config as JSON to avoid quoting trouble in paths.
+        self.config_path.write_text(json.dumps({
+            "version": 0.1,
+            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(rootdirectory)}, "delete": {"enabled": True},
+                        "maintenance": {"uploadpurging": {"enabled": False}}},
+            "http": {"addr": self.host, "secret": "interop-test-secret"},
+        }, indent=2))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.session = requests.Session()
+
+    def start(self, timeout: float = 20.0) -> DistributionProcess:
+        binary = require_tool("docker-registry")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen([binary, "serve", str(self.config_path)], stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"docker-registry exited with {self.process.returncode}:\n{self.logs()}")
+            try:
+                if requests.get(f"{self.url}/v2/", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"docker-registry did not start in {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 60)
+        return self.session.get(self.url + path, **kwargs)
