@@ -27,8 +27,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check app tests
 	$(BIN)/mypy
 
-binary: $(STAMP)
+binary: dist/registry
+
+# Rebuilt only when the code, the spec or the dependencies changed (make test relies on that).
+dist/registry: $(STAMP) build/registry.spec $(shell find app -name '*.py')
 	$(BIN)/pyinstaller --clean --noconfirm --distpath dist --workpath build/work build/registry.spec
+	touch dist/registry
 
 clean:
 	rm -rf $(VENV) dist build/work .pytest_cache .mypy_cache .ruff_cache

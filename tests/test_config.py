@@ -46,8 +46,10 @@ def test_user_config_folder_file(tmp_path: Path) -> None:
 
 
 def test_files_merge_in_order(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.toml", '[server]\nport = 6000\nbind_address = "0.0.0.0"\n'
-              '[global]\nimmutable_tags_exclusions = ["a", "b"]\n')
+    a = write(
+        tmp_path / "a.toml",
+        '[server]\nport = 6000\nbind_address = "0.0.0.0"\n[global]\nimmutable_tags_exclusions = ["a", "b"]\n',
+    )
     b = write(tmp_path / "b.toml", '[server]\nport = 7000\n[global]\nimmutable_tags_exclusions = ["c"]\n')
     cfg = load([a, b])
     assert cfg.server.port == 7000 and cfg.server.bind_address == "0.0.0.0"
@@ -66,8 +68,10 @@ def test_environment_overrides_files(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_sizes_and_durations_in_files(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.toml", '[server]\nstreaming_chunk_size = "2MiB"\nquery_timeout = "10m"\n'
-              '[global.gc]\ninterval = "30m"\n')
+    a = write(
+        tmp_path / "a.toml",
+        '[server]\nstreaming_chunk_size = "2MiB"\nquery_timeout = "10m"\n[global.gc]\ninterval = "30m"\n',
+    )
     cfg = load([a])
     assert cfg.server.streaming_chunk_size == 2 * 1024 * 1024
     assert cfg.server.query_timeout == 600 and cfg.global_.gc.interval == 1800
@@ -82,8 +86,11 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
 
 
 def test_old_key_names_are_aliases(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.toml", '[storage.fs]\nroot_dir = "/srv/r"\n[identity.alice]\nusername = "alice"\n'
-              'password = "$argon2id$x"\n[lock_store.redis]\nurl = "redis://127.0.0.1:6379"\n')
+    a = write(
+        tmp_path / "a.toml",
+        '[storage.fs]\nroot_dir = "/srv/r"\n[identity.alice]\nusername = "alice"\n'
+        'password = "$argon2id$x"\n[lock_store.redis]\nurl = "redis://127.0.0.1:6379"\n',
+    )
     cfg = load([a])
     assert cfg.blob_store.fs is not None and cfg.blob_store.fs.root_dir == Path("/srv/r")
     assert cfg.auth.identity["alice"].username == "alice"
@@ -106,14 +113,20 @@ def test_bad_value_names_env_variable(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "environment variable REGISTRY__SERVER__PORT" in str(caught.value)
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("[server\nport = 1", "invalid TOML"),
-    ('[global]\nmax_manifest_size = "huge"\n', "global.max_manifest_size"),
-    ('[blob_store.fs]\nroot_dir = "/a"\n[blob_store.s3]\naccess_key_id = "a"\nsecret_key = "b"\nbucket = "c"\n',
-     "exactly one"),
-    ('[repository."Bad Prefix"]\n', "not a valid repository name"),
-    ("[server]\nport = 70000\n", "server.port"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[server\nport = 1", "invalid TOML"),
+        ('[global]\nmax_manifest_size = "huge"\n', "global.max_manifest_size"),
+        (
+            '[blob_store.fs]\nroot_dir = "/a"\n'
+            '[blob_store.s3]\naccess_key_id = "a"\nsecret_key = "b"\nbucket = "c"\n',
+            "exactly one",
+        ),
+        ('[repository."Bad Prefix"]\n', "not a valid repository name"),
+        ("[server]\nport = 70000\n", "server.port"),
+    ],
+)
 def test_invalid_files(tmp_path: Path, text: str, fragment: str) -> None:
     a = write(tmp_path / "a.toml", text)
     with pytest.raises(ConfigError) as caught:

@@ -9,7 +9,11 @@ from app import errors, manifest
 from app.grammar import Digest
 
 CONFIG = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "c" * 64, "size": 2}
-LAYER = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + "d" * 64, "size": 9}
+LAYER = {
+    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "digest": "sha256:" + "d" * 64,
+    "size": 9,
+}
 
 
 def body(doc: dict[str, Any]) -> bytes:
@@ -22,23 +26,35 @@ def parse(doc: dict[str, Any], content_type: str | None = manifest.OCI_MANIFEST)
 
 
 def test_image_manifest_references() -> None:
-    parsed = parse({"schemaVersion": 2, "mediaType": manifest.OCI_MANIFEST, "config": CONFIG,
-                    "layers": [LAYER]})
+    parsed = parse(
+        {"schemaVersion": 2, "mediaType": manifest.OCI_MANIFEST, "config": CONFIG, "layers": [LAYER]}
+    )
     assert [str(d.digest) for d in parsed.blobs] == [CONFIG["digest"], LAYER["digest"]]
     assert parsed.children == [] and parsed.subject is None
     assert parsed.artifact_type == CONFIG["mediaType"]
 
 
 def test_media_type_from_header_when_body_has_none() -> None:
-    parsed = parse({"schemaVersion": 2, "config": CONFIG, "layers": []}, "application/vnd.oci.image.manifest.v1+json; charset=utf-8")
+    parsed = parse(
+        {"schemaVersion": 2, "config": CONFIG, "layers": []},
+        "application/vnd.oci.image.manifest.v1+json; charset=utf-8",
+    )
     assert parsed.media_type == manifest.OCI_MANIFEST
 
 
 def test_index_with_subject_and_annotations() -> None:
     child = {"mediaType": manifest.OCI_MANIFEST, "digest": "sha256:" + "e" * 64, "size": 100}
-    parsed = parse({"schemaVersion": 2, "mediaType": manifest.OCI_INDEX, "manifests": [child],
-                    "subject": child, "artifactType": "application/x-sig", "annotations": {"a": "b"}},
-                   manifest.OCI_INDEX)
+    parsed = parse(
+        {
+            "schemaVersion": 2,
+            "mediaType": manifest.OCI_INDEX,
+            "manifests": [child],
+            "subject": child,
+            "artifactType": "application/x-sig",
+            "annotations": {"a": "b"},
+        },
+        manifest.OCI_INDEX,
+    )
     assert [str(d.digest) for d in parsed.children] == [child["digest"]]
     assert str(parsed.subject) == child["digest"]
     descriptor = parsed.referrer_descriptor()
@@ -46,28 +62,50 @@ def test_index_with_subject_and_annotations() -> None:
 
 
 def test_foreign_layers_are_not_required() -> None:
-    foreign = {"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-               "digest": "sha256:" + "f" * 64, "size": 5, "urls": ["https://example.invalid/layer"]}
-    parsed = parse({"schemaVersion": 2, "mediaType": manifest.DOCKER_MANIFEST, "config": CONFIG,
-                    "layers": [foreign]}, manifest.DOCKER_MANIFEST)
+    foreign = {
+        "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "digest": "sha256:" + "f" * 64,
+        "size": 5,
+        "urls": ["https://example.invalid/layer"],
+    }
+    parsed = parse(
+        {"schemaVersion": 2, "mediaType": manifest.DOCKER_MANIFEST, "config": CONFIG, "layers": [foreign]},
+        manifest.DOCKER_MANIFEST,
+    )
     assert [str(d.digest) for d in parsed.blobs] == [CONFIG["digest"]]
 
 
-@pytest.mark.parametrize(("doc", "content_type", "reason"), [
-    ({"schemaVersion": 1, "name": "x"}, "application/vnd.docker.distribution.manifest.v1+prettyjws", "schema 1"),
-    ({"schemaVersion": 3, "config": CONFIG, "layers": []}, manifest.OCI_MANIFEST, "schemaVersion"),
-    ({"schemaVersion": 2, "config": CONFIG, "layers": []}, None, "Content-Type"),
-    ({"schemaVersion": 2, "mediaType": manifest.OCI_INDEX, "manifests": []}, manifest.OCI_MANIFEST,
-     "does not match"),
-    ({"schemaVersion": 2, "config": CONFIG, "layers": []}, "application/json", "unsupported"),
-    ({"schemaVersion": 2, "layers": []}, manifest.OCI_MANIFEST, "no config"),
-    ({"schemaVersion": 2, "config": CONFIG, "layers": {}}, manifest.OCI_MANIFEST, "layers"),
-    ({"schemaVersion": 2, "config": {**CONFIG, "digest": "sha256:xyz"}, "layers": []}, manifest.OCI_MANIFEST,
-     "config"),
-    ({"schemaVersion": 2, "config": {**CONFIG, "size": -1}, "layers": []}, manifest.OCI_MANIFEST, "size"),
-    ({"schemaVersion": 2, "config": CONFIG, "layers": [], "annotations": {"a": 1}}, manifest.OCI_MANIFEST,
-     "annotations"),
-])
+@pytest.mark.parametrize(
+    ("doc", "content_type", "reason"),
+    [
+        (
+            {"schemaVersion": 1, "name": "x"},
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "schema 1",
+        ),
+        ({"schemaVersion": 3, "config": CONFIG, "layers": []}, manifest.OCI_MANIFEST, "schemaVersion"),
+        ({"schemaVersion": 2, "config": CONFIG, "layers": []}, None, "Content-Type"),
+        (
+            {"schemaVersion": 2, "mediaType": manifest.OCI_INDEX, "manifests": []},
+            manifest.OCI_MANIFEST,
+            "does not match",
+        ),
+        ({"schemaVersion": 2, "config": CONFIG, "layers": []}, "application/json", "unsupported"),
+        ({"schemaVersion": 2, "layers": []}, manifest.OCI_MANIFEST, "no config"),
+        ({"schemaVersion": 2, "config": CONFIG, "layers": {}}, manifest.OCI_MANIFEST, "layers"),
+        (
+            {"schemaVersion": 2, "config": {**CONFIG, "digest": "sha256:xyz"}, "layers": []},
+            manifest.OCI_MANIFEST,
+            "config",
+        ),
+        ({"schemaVersion": 2, "config": {**CONFIG, "size": -1}, "layers": []}, manifest.OCI_MANIFEST, "size"),
+        (
+            {"schemaVersion": 2, "config": CONFIG, "layers": [], "annotations": {"a": 1}},
+            manifest.OCI_MANIFEST,
+            "annotations",
+        ),
+    ],
+)
 def test_invalid_manifests(doc: dict[str, Any], content_type: str | None, reason: str) -> None:
     with pytest.raises(errors.ManifestInvalid) as caught:
         parse(doc, content_type)

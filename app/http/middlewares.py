@@ -15,6 +15,7 @@ from app import errors
 from app.context import Registry
 from app.http import router
 from app.http.responses import API_VERSION_HEADER, error_response
+from app.services.uploads import ClientDisconnected
 from app.storage import StorageError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -53,6 +54,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except errors.RegistryError as exc:
         return error_response(exc)
+    except ClientDisconnected as exc:
+        # Expected (a client gave up mid-body); what arrived was kept. Nobody reads this answer.
+        log.info("client went away during %s %s: %s", request.method, request.path, exc)
+        return error_response(errors.BlobUploadInvalid(f"client disconnected: {exc}"))
     except StorageError as exc:
         log.error("storage failure on %s %s: %s", request.method, request.path, exc)
         return error_response(errors.Unavailable(str(exc)))

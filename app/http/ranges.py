@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from typing import IO, Any
 
@@ -12,6 +13,7 @@ from aiohttp import web
 from app import errors
 from app.storage import Storage
 
+log = logging.getLogger("registry")
 # One sendfile call of a large file stalls the loop; ~4 MiB segments keep the speed and the loop free.
 SENDFILE_SEGMENT = 4 * 1024 * 1024
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -81,6 +83,11 @@ async def send_object(request: web.Request, response: web.StreamResponse, storag
             async for chunk in storage.read(key, offset, length):
                 await response.write(chunk)
         await response.write_eof()
+    except ConnectionError as exc:
+        if request.transport is not None and not request.transport.is_closing():
+            raise  # not the client: e.g. the storage backend's connection failed
+        # The client went away in the middle of the body: nothing to answer, nothing to log as an error.
+        log.info("client went away while reading %s: %s", key, exc)
     finally:
         if file is not None:
             with contextlib.suppress(OSError):

@@ -49,9 +49,28 @@ async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
             received += len(chunk)
             yield chunk
     except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
+        tail = _still_buffered(request.content)
+        if tail:
+            yield tail  # it arrived before the client went away: it is kept too
         raise ClientDisconnected(str(exc)) from exc
     if expected is not None and received < expected:
         raise ClientDisconnected(f"body ended after {received} of {expected} bytes")
+
+
+def _still_buffered(reader: aiohttp.StreamReader) -> bytes:
+    """Bytes aiohttp received but had not handed out when the connection dropped.
+
+    Once the connection is lost, the reader raises before returning what it still buffers (bounded by
+    its high-water mark); its non-raising read is private, hence the defensive lookup.
+    """
+    read_nowait = getattr(reader, "_read_nowait", None)
+    chunks: list[bytes] = []
+    try:
+        while read_nowait is not None and (chunk := read_nowait(-1)):
+            chunks.append(bytes(chunk))
+    except Exception:  # best effort: what was read so far is still kept
+        pass
+    return b"".join(chunks)
 
 
 def has_body(request: web.Request) -> bool:

@@ -93,9 +93,9 @@ class UploadService:
         result: Lease = await self.actor.call("adopt", namespace, upload_id, size, hasher, started_at)
         return result
 
-    async def _append(self, namespace: str, upload_id: str, lease: Lease,
+    async def _append(self, namespace: str, upload_id: str, lease: Lease, hasher: Any,
                       body: AsyncIterator[bytes] | None, content_range: ContentRange | None) -> int:
-        """Stream `body` into the session and return the new size.
+        """Stream `body` into the session, hashing it into `hasher`, and return the new size.
 
         Raises ClientDisconnected (after keeping every byte that arrived) when the client goes away.
         Any other failure may leave bytes and hash disagreeing: the caller then forgets the session.
@@ -105,6 +105,10 @@ class UploadService:
                 f"Content-Range starts at {content_range.start} but the upload has {lease.size} bytes",
                 status=416, headers={"Range": range_header(lease.size)})
         if body is None:
+            if content_range is not None:  # a range covers at least one byte; none was sent
+                raise errors.RangeInvalid(
+                    f"Content-Range {content_range.start}-{content_range.end} came with an empty body",
+                    status=416, headers={"Range": range_header(lease.size)})
             return lease.size
         loop = asyncio.get_running_loop()
         writer = await self.storage.open_append(layout.upload_data(namespace, upload_id))
@@ -113,7 +117,7 @@ class UploadService:
         async def flush() -> None:
             nonlocal buffer
             data, buffer = bytes(buffer), bytearray()
-            await asyncio.gather(writer.write(data), loop.run_in_executor(None, lease.hasher.update, data))
+            await asyncio.gather(writer.write(data), loop.run_in_executor(None, hasher.update, data))
 
         try:
             try:
@@ -140,20 +144,23 @@ class UploadService:
     async def append(self, namespace: str, upload_id: str, body: AsyncIterator[bytes] | None,
                      content_range: ContentRange | None) -> int:
         lease = await self._lease(namespace, upload_id)
+        # A chunk with a Content-Range may be rejected after it was written (wrong length): it is then
+        # truncated away, so it is hashed into a copy that only replaces the session's hash on success.
+        hasher = lease.hasher.copy() if content_range is not None else lease.hasher
         try:
-            size = await self._append(namespace, upload_id, lease, body, content_range)
+            size = await self._append(namespace, upload_id, lease, hasher, body, content_range)
         except errors.RangeInvalid:
             self.actor.tell("release", upload_id, lease.size, lease.hasher)
             raise
         except ClientDisconnected as gone:
             # What arrived is kept and hashed: the session stays usable from its new size.
-            self.actor.tell("release", upload_id, gone.size, lease.hasher)
+            self.actor.tell("release", upload_id, gone.size, hasher)
             raise
         except BaseException:
             # Bytes and hash may disagree: forget the session; the next request rebuilds it.
             self.actor.tell("forget", upload_id)
             raise
-        self.actor.tell("release", upload_id, size, lease.hasher)
+        self.actor.tell("release", upload_id, size, hasher)
         return size
 
     async def complete(self, namespace: str, upload_id: str, digest: Digest,
@@ -161,7 +168,7 @@ class UploadService:
         """Append the final body, verify the digest, commit the blob and link it into the namespace."""
         lease = await self._lease(namespace, upload_id)
         try:
-            size = await self._append(namespace, upload_id, lease, body, None)
+            size = await self._append(namespace, upload_id, lease, lease.hasher, body, None)
             actual = await self._digest(namespace, upload_id, lease.hasher, digest.algorithm, size)
             if actual != digest.hex:
                 await self._discard(namespace, upload_id)
