@@ -23,6 +23,17 @@ class Registry:
     manifests: ManifestService
     authorizer: Authorizer
 
+    def reconfigure(self, config: Config) -> None:
+        """Swap in a new, already validated configuration for new requests (hot reload).
+
+        Everything derived from the configuration is rebuilt here first and then swapped, so a request
+        sees either the old or the new configuration, never a mix. Raises (keeping the old one) when
+        the new configuration cannot be applied.
+        """
+        authorizer = Authorizer(config)
+        self.config = config
+        self.authorizer = authorizer
+
     async def close(self) -> None:
         self.actors.stop()
         await self.storage.close()
