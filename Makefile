@@ -34,5 +34,10 @@ dist/registry: $(STAMP) build/registry.spec $(shell find app -name '*.py')
 	$(BIN)/pyinstaller --clean --noconfirm --distpath dist --workpath build/work build/registry.spec
 	touch dist/registry
 
+# Not a test: zb-style workloads against ours and distribution 2.8 (apt-get install -y docker-registry);
+# writes bench-report.json and bench-report.md. BENCH_ARGS="--quick" for a shorter run.
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) dist build/work .pytest_cache .mypy_cache .ruff_cache
