@@ -34,6 +34,20 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs requests its parser rejects (bad request line, oversized headers) as errors with a
+    traceback, before any middleware runs. They are the client's fault: one warning line, no trace."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__module__.startswith("aiohttp.http_exceptions"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "rejected a malformed request: %s", (exc,)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def setup_logging() -> None:
     level = os.environ.get("REGISTRY_LOG", "info").upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -48,3 +62,4 @@ def setup_logging() -> None:
     root.setLevel(level)
     # pykka logs every exception an actor hands back to its caller; those are answered, not failures.
     logging.getLogger("pykka").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
