@@ -136,3 +136,15 @@ def test_page() -> None:
     assert page(items, 2, "b") == (["c", "d"], False)
     assert page(items, 10, "bb") == (["c", "d"], False)
     assert page(items, 0, None) == ([], True)
+
+
+async def test_manifest_index_push_times() -> None:
+    index = ActorHandle(ManifestIndexActor.start())
+    index.tell("set_tag", "ns", "read-from-storage", "sha256:1")
+    assert await index.call("pushed_at", "ns", "read-from-storage") is None
+    index.tell("set_tag", "ns", "pushed", "sha256:1", 1234.5)
+    assert await index.call("pushed_at", "ns", "pushed") == 1234.5
+    index.tell("remember_pushed_at", "ns", "pushed", 1.0)  # never overrides a known push time
+    assert await index.call("pushed_at", "ns", "pushed") == 1234.5
+    index.tell("delete_tag", "ns", "pushed")
+    assert await index.call("pushed_at", "ns", "pushed") is None

@@ -25,6 +25,7 @@ class NamespaceIndex:
     revisions: dict[str, str] = field(default_factory=dict)  # digest -> media type
     referrers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     generation: int = 0  # bumped by every tag change, so a listing read before it is not applied
+    pushed_at: dict[str, float] = field(default_factory=dict)  # tag -> seconds since the epoch
 
 
 def page(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
@@ -55,9 +56,12 @@ class ManifestIndexActor(AsyncActor):
         index = self._namespaces.get(namespace)
         return index.tags.get(tag) if index else None
 
-    def set_tag(self, namespace: str, tag: str, digest: str) -> None:
+    def set_tag(self, namespace: str, tag: str, digest: str, pushed_at: float | None = None) -> None:
+        """Record a tag; `pushed_at` when known (a push through this server), else read lazily."""
         index = self._ns(namespace)
         index.generation += 1
+        if pushed_at is not None:
+            index.pushed_at[tag] = pushed_at
         if tag not in index.tags:
             index.sorted_tags = None
         index.tags[tag] = digest
@@ -65,8 +69,16 @@ class ManifestIndexActor(AsyncActor):
     def delete_tag(self, namespace: str, tag: str) -> None:
         index = self._ns(namespace)
         index.generation += 1
+        index.pushed_at.pop(tag, None)
         if index.tags.pop(tag, None) is not None:
             index.sorted_tags = None
+
+    def pushed_at(self, namespace: str, tag: str) -> float | None:
+        index = self._namespaces.get(namespace)
+        return index.pushed_at.get(tag) if index else None
+
+    def remember_pushed_at(self, namespace: str, tag: str, pushed_at: float) -> None:
+        self._ns(namespace).pushed_at.setdefault(tag, pushed_at)
 
     def generation(self, namespace: str) -> int:
         return self._ns(namespace).generation

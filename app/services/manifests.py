@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +105,18 @@ class ManifestService:
     async def _set_tag(self, namespace: str, tag: str, digest: Digest) -> None:
         await write_link(self.storage, layout.tag_index_link(namespace, tag, digest), digest)
         await write_link(self.storage, layout.tag_current_link(namespace, tag), digest)
-        self.index.tell("set_tag", namespace, tag, str(digest))
+        self.index.tell("set_tag", namespace, tag, str(digest), time.time())
+
+    async def tag_pushed_at(self, namespace: str, tag: str) -> float | None:
+        """When a tag was last pushed (retention): from the index, else the tag link's mtime."""
+        known = await self.index.call("pushed_at", namespace, tag)
+        if known is not None:
+            return float(known)
+        stat = await self.storage.stat(layout.tag_current_link(namespace, tag))
+        if stat is None:
+            return None
+        self.index.tell("remember_pushed_at", namespace, tag, stat.modified)
+        return stat.modified
 
     async def _check_references(self, namespace: str, parsed: manifest.Manifest) -> None:
         async def blob_known(descriptor: manifest.Descriptor) -> manifest.Descriptor | None:
