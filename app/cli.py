@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             return check_config.run(config)
         from app.commands import server
 
-        return server.run(config)
+        return server.run(config, args.config)
     except ValueError as exc:
         print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return 2

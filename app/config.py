@@ -313,7 +313,9 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
                 if isinstance(item, dict):
                     _resolve_paths(item, folder)
         elif isinstance(value, str) and key in _PATH_KEYS:
-            data[key] = str((folder / os.path.expanduser(value)).resolve())
+            # Absolute but symlinks kept: a Kubernetes secret's `tls.crt -> ..data/tls.crt` must keep
+            # naming the link, which survives the `..data` swap, not today's timestamped folder.
+            data[key] = os.path.abspath(folder / os.path.expanduser(value))
 
 
 _PATH_KEYS = frozenset({
@@ -379,7 +381,7 @@ def load(files: list[Path] | None = None) -> Config:
             raw = _normalize_aliases(raw)
         except ConfigError as exc:
             raise ConfigError(f"{file}: {exc}") from None
-        _resolve_paths(raw, Path(file).resolve().parent)
+        _resolve_paths(raw, Path(os.path.abspath(file)).parent)
         _merge(merged, raw, origin, str(file))
     _merge(merged, _normalize_aliases(_environment_overrides()), origin, "environment")
     try:

@@ -33,6 +33,8 @@ class Registry:
         authorizer = Authorizer(config)
         self.config = config
         self.authorizer = authorizer
+        self.manifests.max_manifest_size = config.global_.max_manifest_size
+        self.uploads.chunk_size = config.server.streaming_chunk_size
 
     async def close(self) -> None:
         self.actors.stop()

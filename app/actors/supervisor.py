@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.actors.bridge import ActorHandle
+from app.actors.config_watcher import ApplyReload, ConfigWatcher
 from app.actors.locks import LockActor, Locks
 from app.actors.manifest_index import ManifestIndexActor
 from app.actors.uploads import UploadActor
+from app.config import Config
 
 
 @dataclass
@@ -16,10 +20,19 @@ class Actors:
     lock_actor: ActorHandle
     uploads: ActorHandle
     index: ActorHandle
+    config_watcher: ActorHandle | None = None
 
     def stop(self) -> None:
+        # The watcher started last (once the server listens) and stops first: no reload during shutdown.
+        if self.config_watcher is not None:
+            self.config_watcher.stop()
         for handle in (self.index, self.uploads, self.lock_actor):
             handle.stop()
+
+    def start_config_watcher(self, files: list[Path], config: Config, loop: asyncio.AbstractEventLoop,
+                             apply: ApplyReload) -> None:
+        """Watch `files` (and the TLS files they name) and reload them live through `apply`."""
+        self.config_watcher = ActorHandle(ConfigWatcher.start(files, config, loop, apply))
 
 
 def start_actors() -> Actors:

@@ -7,12 +7,17 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import ssl
+import sys
+from pathlib import Path
 
 from aiohttp import web
 
-from app.config import Config
-from app.context import build_registry
+from app.actors.config_watcher import ApplyReload
+from app.config import Config, ConfigError, default_config_files
+from app.context import Registry, build_registry
 from app.http.app import build_app
+from app.tls import ServerTLS
 
 log = logging.getLogger("registry")
 
@@ -24,14 +29,29 @@ def _is_loopback(address: str) -> bool:
         return address == "localhost"
 
 
-async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+def _reloader(registry: Registry, tls: ServerTLS | None) -> ApplyReload:
+    """What the config watcher runs on the loop to apply a validated reload."""
+    async def apply(config: Config | None, tls_context: ssl.SSLContext | None) -> None:
+        if config is not None:
+            registry.reconfigure(config)
+        if tls_context is not None and tls is not None:
+            tls.swap(tls_context)
+
+    return apply
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None, files: list[Path] | None = None,
+                tls: ServerTLS | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; `files` are watched and reloaded live; `tls` is the listener's TLS."""
+    if tls is None and config.server.tls is not None:
+        tls = ServerTLS(config.server.tls)
     registry = build_registry(config)
     app = build_app(registry)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=config.server.query_timeout_grace_period)
     await runner.setup()
     site = web.TCPSite(runner, config.server.bind_address, config.server.port, reuse_address=True,
-                       backlog=1024)
+                       backlog=1024, ssl_context=tls.context if tls is not None else None)
     try:
         await site.start()
         if config.zero_config_access and not _is_loopback(config.server.bind_address):
@@ -39,9 +59,12 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
                         "and delete", config.server.bind_address)
         log.info("listening", extra={"fields": {
             "address": config.server.bind_address, "port": _bound_port(runner) or config.server.port,
+            "tls": tls is not None,
             "storage": str(config.blob_store.fs.root_dir) if config.blob_store.fs else "s3"}})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        if files:
+            registry.actors.start_config_watcher(files, config, loop, _reloader(registry, tls))
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):  # Windows: KeyboardInterrupt instead
                 loop.add_signal_handler(sig, stop.set)
@@ -62,7 +85,15 @@ def _bound_port(runner: web.AppRunner) -> int | None:
     return None
 
 
-def run(config: Config) -> int:
+def run(config: Config, files: list[Path] | None = None) -> int:
+    """`files`: the configuration files given with -c (None: the default ones), watched for reload."""
+    files = default_config_files() if files is None else files
+    try:
+        # Built before anything else: a broken TLS section stops the start, never falls back to plaintext.
+        tls = ServerTLS(config.server.tls) if config.server.tls is not None else None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         import uvloop  # type: ignore[import-not-found,unused-ignore]
 
@@ -70,5 +101,5 @@ def run(config: Config) -> int:
     except ImportError:  # Windows
         runner_factory = None
     with asyncio.Runner(loop_factory=runner_factory) as runner, contextlib.suppress(KeyboardInterrupt):
-        runner.run(serve(config))
+        runner.run(serve(config, files=files, tls=tls))
     return 0

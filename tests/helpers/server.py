@@ -66,12 +66,16 @@ class RegistryProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"registry server exited with {self.process.returncode}:\n{self.logs()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if self.healthy():
                     return self
             except requests.ConnectionError:
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"registry server did not start in {timeout}s:\n{self.logs()}")
+
+    def healthy(self) -> bool:
+        """One liveness probe (subclasses serving TLS probe over https)."""
+        return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
