@@ -13,10 +13,10 @@ from aiohttp import web
 
 from app.auth.mtls import client_certificate_identity, subject_identity
 from app.config import TLSConfig
-from app.tls import ServerTLS
+from app.tls import ServerTLS, build_context
 from tests.helpers.tls import CertificateAuthority, Issued
 
-Serve = Callable[[TLSConfig], Awaitable[str]]
+Serve = Callable[..., Awaitable[str]]
 
 
 async def identity(request: web.Request) -> web.Response:
@@ -28,12 +28,13 @@ async def serve() -> AsyncIterator[Serve]:
     """Start an aiohttp server on the registry's TLS context whose only route answers the identity."""
     runners: list[web.AppRunner] = []
 
-    async def start(tls: TLSConfig) -> str:
+    async def start(tls: TLSConfig, server: ServerTLS | None = None) -> str:
         app = web.Application()
         app.router.add_get("/", identity)
         runner = web.AppRunner(app)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ServerTLS(tls).context)
+        server = server or ServerTLS(tls)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server.context)
         await site.start()
         runners.append(runner)
         port = runner.addresses[0][1]
@@ -92,6 +93,18 @@ async def test_without_client_ca_a_presented_certificate_is_ignored(serve: Serve
     url = await serve(pki["tls"].model_copy(update={"client_ca_bundle": None}))
     client = pki["ca"].issue_client(["mallory"], ["Admins"])
     assert await fetch(url, client_context(pki["dir"], pki["ca"], client)) is None
+
+
+async def test_a_client_ca_added_by_reload_applies_to_new_connections(serve: Serve,
+                                                                     pki: dict[str, Any]) -> None:
+    plain = pki["tls"].model_copy(update={"client_ca_bundle": None})
+    server = ServerTLS(plain)
+    url = await serve(plain, server)
+    client = pki["ca"].issue_client(["late"], ["Joiners"])
+    context = client_context(pki["dir"], pki["ca"], client)
+    assert await fetch(url, context) is None
+    server.swap(build_context(pki["tls"]))
+    assert await fetch(url, context) == [["late"], ["Joiners"]]
 
 
 async def test_plain_http_request_has_no_identity() -> None:
