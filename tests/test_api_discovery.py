@@ -371,3 +371,11 @@ def test_referrers_survive_restart(registry: RegistryProcess) -> None:
     response = registry.get(f"/v2/{name}/referrers/{subject.digest}")
     assert response.status_code == 200
     assert response.json()["manifests"] == [_expected(artifact.manifest, OCI_MANIFEST)]
+
+
+def test_unknown_namespace_tags_stay_404(shared_registry: RegistryProcess) -> None:
+    """Regression: the first 404 must not leave an empty listing cached as if the namespace existed."""
+    for _ in range(3):
+        response = shared_registry.get("/v2/never/pushed/here/tags/list")
+        assert response.status_code == 404
+        assert response.json()["errors"][0]["code"] == "NAME_UNKNOWN"

@@ -95,7 +95,9 @@ class ManifestIndexActor(AsyncActor):
 
     def list_tags(self, namespace: str, n: int | None, last: str | None) -> tuple[list[str], bool] | None:
         index = self._namespaces.get(namespace)
-        if index is None or not index.tags_complete:
+        # An empty listing is never served from here: the namespace may not exist at all (404), and
+        # telling the two apart needs storage.
+        if index is None or not index.tags_complete or not index.tags:
             return None
         if index.sorted_tags is None:
             index.sorted_tags = sorted(index.tags)
