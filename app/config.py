@@ -6,6 +6,7 @@ Errors name the file (or environment variable), the key path and the reason. Unk
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import tomllib
@@ -51,6 +52,20 @@ class AccessPolicy(Section):
     default_allow: bool = False
     rules: list[str] = []
 
+    @field_validator("rules")
+    @classmethod
+    def _rules_compile(cls, rules: list[str]) -> list[str]:
+        from app.cel_policy import check_rules  # cel-python is imported only when policies exist
+
+        return check_rules(rules)
+
+
+def _regexes(patterns: list[str]) -> list[str]:
+    from app.immutable import compile_exclusions
+
+    compile_exclusions(patterns)
+    return patterns
+
 
 class RetentionPolicy(Section):
     rules: list[str] = []
@@ -75,6 +90,18 @@ class GlobalConfig(Section):
     authorization_webhook: str | None = None
     trusted_proxies: list[str] = []
     gc: GCConfig = Field(default_factory=GCConfig)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP network (CIDR)") from None
+        return value
+
+    _exclusions = field_validator("immutable_tags_exclusions")(_regexes)
 
 
 class RedisLockConfig(Section):
@@ -129,6 +156,18 @@ class IdentityConfig(Section):
     username: str
     password: str
 
+    @field_validator("password")
+    @classmethod
+    def _argon2_hash(cls, value: str) -> str:
+        from argon2 import extract_parameters
+        from argon2.exceptions import InvalidHashError
+
+        try:
+            extract_parameters(value)
+        except (InvalidHashError, ValueError):
+            raise ValueError("not an Argon2 PHC hash (create one with `registry argon`)") from None
+        return value
+
 
 class OIDCConfig(Section):
     provider: Literal["github", "generic"]
@@ -138,6 +177,18 @@ class OIDCConfig(Section):
     required_audience: str | None = None
     clock_skew_tolerance: Duration = 60.0
     allowed_algorithms: list[str] = ["RS256", "ES256"]
+
+    @model_validator(mode="after")
+    def _usable(self) -> OIDCConfig:
+        from app.auth.oidc import KEY_TYPES
+
+        if self.provider == "generic" and not self.issuer:
+            raise ValueError("a generic provider needs `issuer`")
+        refused = [a for a in self.allowed_algorithms if a not in KEY_TYPES]
+        if refused or not self.allowed_algorithms:
+            raise ValueError(f"allowed_algorithms: {', '.join(refused) or 'empty'}: only asymmetric "
+                             f"algorithms can be verified with a JWKS ({', '.join(KEY_TYPES)})")
+        return self
 
 
 class BasicAuthConfig(Section):
@@ -155,6 +206,14 @@ class WebhookConfig(Section):
     server_ca_bundle: Path | None = None
     forward_headers: list[str] = []
     cache_ttl: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> WebhookConfig:
+        if self.bearer_token and self.basic_auth is not None:
+            raise ValueError("configure either `bearer_token` or `basic_auth`, not both")
+        if self.timeout_ms <= 0:
+            raise ValueError("timeout_ms must be positive")
+        return self
 
 
 class AuthConfig(Section):
@@ -184,6 +243,8 @@ class RepositoryConfig(Section):
     authorization_webhook: str | None = None
     namespace: str | None = None
     upstream: list[UpstreamConfig] = []
+
+    _exclusions = field_validator("immutable_tags_exclusions")(_regexes)
 
 
 class TracingConfig(Section):
@@ -246,6 +307,22 @@ class Config(BaseSettings):
                 raise ValueError(f"repository prefix {prefix!r} is configured twice")
             seen.add(normalized)
         return value
+
+    @model_validator(mode="after")
+    def _auth_references(self) -> Config:
+        """Webhook names must exist; a username must name one identity."""
+        names = [("global", self.global_.authorization_webhook)]
+        names += [(f'repository."{p}"', r.authorization_webhook) for p, r in self.repository.items()]
+        for where, name in names:
+            if name and name not in self.auth.webhook:
+                raise ValueError(f"{where}.authorization_webhook: no [auth.webhook.{name}] is configured")
+        owners: dict[str, str] = {}
+        for identity_id, identity in self.auth.identity.items():
+            if identity.username in owners:
+                raise ValueError(f"auth.identity.{identity_id}.username: {identity.username!r} is also the "
+                                 f"username of auth.identity.{owners[identity.username]}")
+            owners[identity.username] = identity_id
+        return self
 
     @property
     def effective_metadata_store(self) -> StoreConfig:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from app.actors.supervisor import Actors, start_actors
+from app.auth.chain import Authenticator
 from app.config import Config
+from app.immutable import ImmutableTags
 from app.policy import Authorizer
 from app.services.blobs import BlobService
 from app.services.manifests import ManifestService
@@ -22,6 +28,7 @@ class Registry:
     uploads: UploadService
     manifests: ManifestService
     authorizer: Authorizer
+    authenticator: Authenticator
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a new, already validated configuration for new requests (hot reload).
@@ -31,21 +38,61 @@ class Registry:
         the new configuration cannot be applied.
         """
         authorizer = Authorizer(config)
+        authenticator = Authenticator(config, previous=self.authenticator)
+        immutable_tags = ImmutableTags(config)
+        old_authorizer, old_authenticator = self.authorizer, self.authenticator
         self.config = config
         self.authorizer = authorizer
+        self.authenticator = authenticator  # a new Basic verifier: cached successes are forgotten
+        self.manifests.immutable_tags = immutable_tags
+        _close_later(old_authorizer.close(), old_authenticator.close(successor=authenticator))
         self.manifests.max_manifest_size = config.global_.max_manifest_size
         self.uploads.chunk_size = config.server.streaming_chunk_size
 
     async def close(self) -> None:
+        for task in list(_closing):
+            task.cancel()
+        await asyncio.gather(*_closing, return_exceptions=True)
+        await self.authorizer.close()
+        await self.authenticator.close()
         self.actors.stop()
         await self.storage.close()
 
 
+# Requests that started under the previous configuration may still be talking to its webhooks and
+# OIDC issuers; their HTTP sessions are closed once those requests had time to finish.
+RECONFIGURE_CLOSE_DELAY = 60.0
+
+
+def _close_later(*closers: Coroutine[Any, Any, None]) -> None:
+    async def close() -> None:
+        try:
+            await asyncio.sleep(RECONFIGURE_CLOSE_DELAY)
+        finally:  # also when the server stops first (the task is cancelled)
+            for closer in closers:
+                with contextlib.suppress(Exception):
+                    await closer
+
+    try:
+        task = asyncio.get_running_loop().create_task(close())
+    except RuntimeError:  # no loop (a tool reconfiguring offline): nothing was opened
+        for closer in closers:
+            closer.close()
+        return
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
 def build_registry(config: Config) -> Registry:
     authorizer = Authorizer(config)
+    authenticator = Authenticator(config)
     storage = open_storage(config.blob_store)
     actors = start_actors()
     blobs = BlobService(storage)
     uploads = UploadService(storage, actors.uploads, actors.locks, blobs, config.server.streaming_chunk_size)
     manifests = ManifestService(storage, actors.index, actors.locks, blobs, config.global_.max_manifest_size)
-    return Registry(config, storage, actors, blobs, uploads, manifests, authorizer)
+    manifests.immutable_tags = ImmutableTags(config)
+    return Registry(config, storage, actors, blobs, uploads, manifests, authorizer, authenticator)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pykka
 import pytest
 
+from tests.helpers import auth
 from tests.helpers.server import RegistryProcess
 
 
@@ -20,9 +21,9 @@ def start_registry(tmp_path: Path) -> Iterator[Callable[..., RegistryProcess]]:
               port: int | None = None) -> RegistryProcess:
         workdir = tmp_path / f"{name}-{len(started)}"
         workdir.mkdir()
-        server = RegistryProcess(workdir, extra_config, env, port)
+        server = RegistryProcess(workdir, auth.with_auth(extra_config), env, port)
         started.append(server)
-        return server.start()
+        return auth.log_in(server).start()
 
     yield start
     for server in started:
@@ -39,7 +40,7 @@ def registry(start_registry: Callable[..., RegistryProcess]) -> RegistryProcess:
 def shared_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     """One server for a whole module of tests that do not interfere with each other."""
     workdir = tmp_path_factory.mktemp("shared-registry")
-    server = RegistryProcess(workdir).start()
+    server = auth.log_in(RegistryProcess(workdir, auth.with_auth(""))).start()
     yield server
     server.kill()
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.helpers import auth
 from tests.helpers.oci import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -566,7 +567,7 @@ def test_disconnect_in_the_middle_of_patch_keeps_bytes(start_registry: Callable[
     first = data[:50_000]
     assert registry.patch(path, data=first).status_code == 202
     with socket.create_connection(("127.0.0.1", registry.port), timeout=20) as sock:
-        sock.sendall(f"PATCH {path} HTTP/1.1\r\nHost: {registry.host}\r\n"
+        sock.sendall(f"PATCH {path} HTTP/1.1\r\nHost: {registry.host}\r\n{auth.header_lines(registry)}"
                      f"Content-Type: application/octet-stream\r\nContent-Length: {len(data) - len(first)}\r\n"
                      "\r\n".encode() + data[len(first):len(first) + sent])
     kept = len(first) + sent
@@ -588,7 +589,7 @@ def test_disconnect_in_the_middle_of_chunked_patch_keeps_bytes(registry: Registr
     data = os.urandom(64_000)
     path = start_session(registry, name)
     with socket.create_connection(("127.0.0.1", registry.port), timeout=20) as sock:
-        sock.sendall(f"PATCH {path} HTTP/1.1\r\nHost: {registry.host}\r\n"
+        sock.sendall(f"PATCH {path} HTTP/1.1\r\nHost: {registry.host}\r\n{auth.header_lines(registry)}"
                      "Transfer-Encoding: chunked\r\n\r\n".encode())
         for i in range(0, 40_000, 10_000):
             sock.sendall(b"%x\r\n" % 10_000 + data[i:i + 10_000] + b"\r\n")
@@ -608,7 +609,8 @@ def test_disconnect_in_the_middle_of_get(registry: RegistryProcess) -> None:
     assert push_blob(registry.session, registry.url, name, data).status_code == 201
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", registry.port), timeout=20) as sock:
-            sock.sendall(f"GET /v2/{name}/blobs/{digest} HTTP/1.1\r\nHost: {registry.host}\r\n\r\n".encode())
+            sock.sendall(f"GET /v2/{name}/blobs/{digest} HTTP/1.1\r\nHost: {registry.host}\r\n"
+                         f"{auth.header_lines(registry)}\r\n".encode())
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     assert registry.get(f"/v2/{name}/blobs/{digest}").content == data
     assert registry.get("/v2/").status_code == 200

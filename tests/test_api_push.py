@@ -204,8 +204,9 @@ def test_chunked_transfer_encoding_patch_without_content_length(shared_registry:
         yield from parts
 
     path = start_session(shared_registry, name)
-    request = requests.Request("PATCH", shared_registry.url + path, data=body(),
-                               headers={"Content-Type": "application/octet-stream"}).prepare()
+    request = shared_registry.session.prepare_request(requests.Request(
+        "PATCH", shared_registry.url + path, data=body(),
+        headers={"Content-Type": "application/octet-stream"}))
     assert request.headers.get("Transfer-Encoding") == "chunked"
     assert "Content-Length" not in request.headers
     patch = shared_registry.session.send(request, timeout=60)
@@ -495,7 +496,8 @@ def test_content_type_required(shared_registry: RegistryProcess) -> None:
     document = json.loads(image.manifest)
     del document["mediaType"]
     body = json.dumps(document).encode()
-    request = requests.Request("PUT", f"{shared_registry.url}/v2/{name}/manifests/v1", data=body).prepare()
+    request = shared_registry.session.prepare_request(
+        requests.Request("PUT", f"{shared_registry.url}/v2/{name}/manifests/v1", data=body))
     assert "Content-Type" not in request.headers
     assert_error(shared_registry.session.send(request, timeout=60), 400, "MANIFEST_INVALID")
     assert_error(shared_registry.put(f"/v2/{name}/manifests/v1", data=body, headers={"Content-Type": ""}),

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 
 from app import config
 from app.config import ConfigError, load
@@ -16,6 +17,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+
+
+# Identity passwords must be real Argon2 PHC hashes (the configuration checks them).
+PHC_HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("secret")
 
 
 def write(path: Path, text: str) -> Path:
@@ -89,7 +94,7 @@ def test_old_key_names_are_aliases(tmp_path: Path) -> None:
     a = write(
         tmp_path / "a.toml",
         '[storage.fs]\nroot_dir = "/srv/r"\n[identity.alice]\nusername = "alice"\n'
-        'password = "$argon2id$x"\n[lock_store.redis]\nurl = "redis://127.0.0.1:6379"\n',
+        f'password = "{PHC_HASH}"\n[lock_store.redis]\nurl = "redis://127.0.0.1:6379"\n',
     )
     cfg = load([a])
     assert cfg.blob_store.fs is not None and cfg.blob_store.fs.root_dir == Path("/srv/r")
@@ -147,7 +152,7 @@ def test_configured_repositories_leave_zero_config(tmp_path: Path) -> None:
 
 
 def test_redacted_hides_secrets(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.toml", '[auth.identity.bob]\nusername = "bob"\npassword = "$argon2id$secret"\n')
+    a = write(tmp_path / "a.toml", f'[auth.identity.bob]\nusername = "bob"\npassword = "{PHC_HASH}"\n')
     shown = config.redacted(load([a]))
     assert shown["auth"]["identity"]["bob"]["password"] == "***"
     assert shown["auth"]["identity"]["bob"]["username"] == "bob"

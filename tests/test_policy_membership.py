@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from argon2 import PasswordHasher
+
 from tests.helpers.oci import make_image, push_blob, push_image
 from tests.helpers.server import REPO_ROOT, RegistryProcess
 
@@ -54,8 +56,9 @@ def test_invalid_config_exits_with_precise_message(tmp_path: Path) -> None:
 
 def test_check_config_prints_redacted(tmp_path: Path) -> None:
     config = tmp_path / "check.toml"
-    config.write_text('[auth.identity.a]\nusername = "a"\npassword = "$argon2id$v=19$secret"\n')
+    phc_hash = PasswordHasher().hash("secret")  # a real hash: the configuration checks them
+    config.write_text(f'[auth.identity.a]\nusername = "a"\npassword = "{phc_hash}"\n')
     result = subprocess.run([sys.executable, "-m", "app", "-c", str(config), "check-config"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    assert '"password": "***"' in result.stdout and "secret" not in result.stdout
+    assert '"password": "***"' in result.stdout and phc_hash.rsplit("$", 2)[1] not in result.stdout

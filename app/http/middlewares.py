@@ -13,7 +13,7 @@ from aiohttp.typedefs import Middleware
 
 from app import errors
 from app.context import Registry
-from app.http import router
+from app.http import access, router
 from app.http.responses import API_VERSION_HEADER, error_response
 from app.services.uploads import ClientDisconnected
 from app.storage import StorageError
@@ -107,10 +107,10 @@ def timeout_middleware(seconds: float) -> Middleware:
 
 @web.middleware
 async def route_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Route once (on the raw path), then apply the access policy before any handler runs."""
+    """Route once (on the raw path), then authenticate and authorize before any handler runs."""
     route = router.resolve(request.method, request.raw_path, mount="mount" in request.query)
     request[ROUTE_KEY] = route
-    request.app[REGISTRY_KEY].authorizer.authorize(route)
+    await access.check(request, route, request.app[REGISTRY_KEY])
     return await handler(request)
 
 

@@ -7,6 +7,7 @@ from aiohttp import web
 from app import errors
 from app.context import Registry
 from app.grammar import Digest, validate_name
+from app.http import access
 from app.http.responses import body_stream, empty, has_body
 from app.http.router import Route
 from app.services.uploads import ContentRange, range_header
@@ -33,8 +34,10 @@ async def start_upload(request: web.Request, route: Route, registry: Registry) -
         source = request.query.get("from")
         if source is not None:
             validate_name(source)
-        if await registry.blobs.mount(namespace, digest, source):
+        if (await access.may_mount(request, route, registry, digest, source)
+                and await registry.blobs.mount(namespace, digest, source)):
             return _blob_created(namespace, digest)
+        await access.require_upload(request, route, registry)  # the fallback is a new upload session
     upload_id = await registry.uploads.start(namespace)
     digest_param = request.query.get("digest")
     if digest_param is not None:

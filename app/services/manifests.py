@@ -12,6 +12,7 @@ from app.actors.bridge import ActorHandle
 from app.actors.locks import Locks
 from app.actors.manifest_index import page
 from app.grammar import Digest
+from app.immutable import ImmutableTags
 from app.services.blobs import BlobService
 from app.services.links import read_link, write_link
 from app.storage import Storage, layout
@@ -31,6 +32,9 @@ class PutResult:
 
 
 class ManifestService:
+    # Replaced from the configuration at start and on every reload (see Registry.reconfigure).
+    immutable_tags: ImmutableTags | None = None
+
     def __init__(self, storage: Storage, index: ActorHandle, locks: Locks, blobs: BlobService,
                  max_manifest_size: int) -> None:
         self.storage = storage
@@ -84,6 +88,11 @@ class ManifestService:
             raise errors.DigestInvalid(f"manifest digest is {digest}, not {reference}")
         parsed = manifest.parse(body, content_type, digest)
         await self._check_references(namespace, parsed)
+        tags = list(dict.fromkeys(([] if isinstance(reference, Digest) else [reference]) + extra_tags))
+        rules = self.immutable_tags
+        immutable = {tag for tag in tags if rules is not None and rules.applies(namespace, tag)}
+        for tag in immutable:  # fail before writing anything; checked again under the tag lock
+            await self._check_immutable(namespace, tag, digest)
 
         key = str(digest)
         if not await self.blobs.exists(digest):
@@ -96,11 +105,18 @@ class ManifestService:
         self.index.tell("keep_body", key, body)
         self.index.tell("add_revision", namespace, key, parsed.media_type)
 
-        tags = ([] if isinstance(reference, Digest) else [reference]) + extra_tags
-        for tag in dict.fromkeys(tags):
+        for tag in tags:
             async with self.locks.hold(f"tag:{namespace}:{tag}"):
+                if tag in immutable:
+                    await self._check_immutable(namespace, tag, digest)
                 await self._set_tag(namespace, tag, digest)
         return PutResult(digest, parsed.subject)
+
+    async def _check_immutable(self, namespace: str, tag: str, digest: Digest) -> None:
+        current = await read_link(self.storage, layout.tag_current_link(namespace, tag))
+        if current is not None and current != digest:
+            raise errors.Denied(f"tag {tag!r} in {namespace} is immutable: it already names {current}",
+                                status=409, detail={"tag": tag, "digest": str(current)})
 
     async def _set_tag(self, namespace: str, tag: str, digest: Digest) -> None:
         await write_link(self.storage, layout.tag_index_link(namespace, tag, digest), digest)

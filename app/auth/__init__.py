@@ -1,0 +1,1 @@
+"""Authentication: who is calling (mTLS certificate, OIDC token, Basic credentials, or anonymous)."""
