@@ -60,6 +60,9 @@ def test_login_flow_and_wrong_credentials(server: RegistryProcess) -> None:
         assert_challenge(server.get("/v2/", headers={"Authorization": header}))
     # The error never echoes the password.
     assert "alice-pw" not in server.get("/v2/", auth=("alice", "alice-pw-wrong")).text
+    metrics = server.get("/metrics", auth=("alice", "alice-pw")).text
+    assert 'registry_auth_attempts_total{method="basic",result="failure"}' in metrics
+    assert 'registry_auth_attempts_total{method="basic",result="success"}' in metrics
 
 
 def test_oversized_authorization_headers(server: RegistryProcess) -> None:

@@ -148,6 +148,9 @@ def test_decisions_are_cached_but_not_failures(start_registry: Callable[..., Reg
     server.get("/v2/allowed/c/tags/list")
     server.get("/v2/allowed/c/tags/list", headers={"X-Request-Id": "other"})
     assert seen(webhook, "allowed/c") == 3
+    metrics = server.get("/metrics").text
+    for result in ("allow", "deny", "cached", "timeout"):
+        assert f'registry_webhook_requests_total{{result="{result}",webhook="gate"}}' in metrics, result
 
 
 def test_repository_chooses_or_disables_the_webhook(start_registry: Callable[..., RegistryProcess],
