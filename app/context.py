@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.actors.supervisor import Actors, start_actors
 from app.auth.chain import Authenticator
+from app.cache import CacheStore, open_cache
 from app.config import Config
 from app.immutable import ImmutableTags
 from app.policy import Authorizer
 from app.services.blobs import BlobService
 from app.services.manifests import ManifestService
+from app.services.pull_blobs import PullThroughBlobs
+from app.services.pull_manifests import PullThroughManifests
+from app.services.pull_through import PullThrough, ReadOnlyUploads
 from app.services.uploads import UploadService
 from app.storage import Storage, open_storage
 
@@ -29,6 +33,20 @@ class Registry:
     manifests: ManifestService
     authorizer: Authorizer
     authenticator: Authenticator
+    # Set by build_registry once the registry exists.
+    cache: CacheStore = field(init=False)
+    pull_through: PullThrough = field(init=False)
+
+    # The services for one namespace: the pull-through implementations when its repository has
+    # upstreams (read at request time: a hot reload may add or remove them), the local ones otherwise.
+    def blobs_for(self, namespace: str) -> BlobService | PullThroughBlobs:
+        return self.pull_through.blobs(self.config, namespace) or self.blobs
+
+    def manifests_for(self, namespace: str) -> ManifestService | PullThroughManifests:
+        return self.pull_through.manifests(self.config, namespace) or self.manifests
+
+    def uploads_for(self, namespace: str) -> UploadService | ReadOnlyUploads:
+        return self.pull_through.uploads(self.config, namespace) or self.uploads
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a new, already validated configuration for new requests (hot reload).
@@ -55,6 +73,8 @@ class Registry:
         await asyncio.gather(*_closing, return_exceptions=True)
         await self.authorizer.close()
         await self.authenticator.close()
+        await self.pull_through.close()
+        await self.cache.close()
         self.actors.stop()
         await self.storage.close()
 
@@ -95,4 +115,8 @@ def build_registry(config: Config) -> Registry:
     uploads = UploadService(storage, actors.uploads, actors.locks, blobs, config.server.streaming_chunk_size)
     manifests = ManifestService(storage, actors.index, actors.locks, blobs, config.global_.max_manifest_size)
     manifests.immutable_tags = ImmutableTags(config)
-    return Registry(config, storage, actors, blobs, uploads, manifests, authorizer, authenticator)
+    registry = Registry(config, storage, actors, blobs, uploads, manifests, authorizer, authenticator)
+    registry.cache = open_cache(config.cache)
+    registry.pull_through = PullThrough(storage, actors.locks, actors.fetches, blobs, manifests,
+                                        registry.cache)
+    return registry

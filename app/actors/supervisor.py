@@ -8,6 +8,7 @@ from pathlib import Path
 
 from app.actors.bridge import ActorHandle
 from app.actors.config_watcher import ApplyReload, ConfigWatcher
+from app.actors.fetch_coordinator import FetchCoordinator
 from app.actors.locks import LockActor, Locks
 from app.actors.manifest_index import ManifestIndexActor
 from app.actors.uploads import UploadActor
@@ -20,13 +21,14 @@ class Actors:
     lock_actor: ActorHandle
     uploads: ActorHandle
     index: ActorHandle
+    fetches: ActorHandle  # FetchCoordinator: single-flight upstream fetches
     config_watcher: ActorHandle | None = None
 
     def stop(self) -> None:
         # The watcher started last (once the server listens) and stops first: no reload during shutdown.
         if self.config_watcher is not None:
             self.config_watcher.stop()
-        for handle in (self.index, self.uploads, self.lock_actor):
+        for handle in (self.fetches, self.index, self.uploads, self.lock_actor):
             handle.stop()
 
     def start_config_watcher(self, files: list[Path], config: Config, loop: asyncio.AbstractEventLoop,
@@ -39,4 +41,6 @@ def start_actors() -> Actors:
     lock_actor = ActorHandle(LockActor.start())
     uploads = ActorHandle(UploadActor.start())
     index = ActorHandle(ManifestIndexActor.start())
-    return Actors(locks=Locks(lock_actor), lock_actor=lock_actor, uploads=uploads, index=index)
+    fetches = ActorHandle(FetchCoordinator.start())
+    return Actors(locks=Locks(lock_actor), lock_actor=lock_actor, uploads=uploads, index=index,
+                  fetches=fetches)

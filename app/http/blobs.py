@@ -6,6 +6,7 @@ from aiohttp import web
 
 from app.context import Registry
 from app.http.ranges import parse_range, send_object
+from app.http.remote import send_remote
 from app.http.responses import empty, head
 from app.http.router import Route
 from app.storage import layout
@@ -13,7 +14,12 @@ from app.storage import layout
 
 async def get_blob(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
     assert route.namespace is not None and route.digest is not None
-    stat = await registry.blobs.stat(route.namespace, route.digest)
+    blobs = registry.blobs_for(route.namespace)
+    remote = await blobs.open_remote(route.namespace, route.digest, request.method,
+                                     request.headers.get("Range"))
+    if remote is not None:  # a pull-through miss: from upstream, or the fetch in flight
+        return await send_remote(request, remote)
+    stat = await blobs.stat(route.namespace, route.digest)
     headers = {
         "Docker-Content-Digest": str(route.digest),
         "Accept-Ranges": "bytes",
@@ -36,5 +42,5 @@ async def get_blob(request: web.Request, route: Route, registry: Registry) -> we
 
 async def delete_blob(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
     assert route.namespace is not None and route.digest is not None
-    await registry.blobs.unlink(route.namespace, route.digest)
+    await registry.blobs_for(route.namespace).unlink(route.namespace, route.digest)
     return empty(202, {"Docker-Content-Digest": str(route.digest)})

@@ -12,7 +12,7 @@ from app.http.router import Route
 
 async def get_manifest(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
     assert route.namespace is not None and route.reference is not None
-    stored = await registry.manifests.get(route.namespace, route.reference)
+    stored = await registry.manifests_for(route.namespace).get(route.namespace, route.reference)
     headers = {"Docker-Content-Digest": str(stored.digest), "ETag": f'"{stored.digest}"'}
     if request.method == "HEAD":
         return head(200, len(stored.body), headers, stored.media_type)
@@ -26,7 +26,7 @@ async def put_manifest(request: web.Request, route: Route, registry: Registry) -
     limit = registry.config.global_.max_manifest_size
     body = await read_limited(request, limit)
     tags = [validate_tag(tag) for tag in request.query.getall("tag", [])]
-    result = await registry.manifests.put(
+    result = await registry.manifests_for(route.namespace).put(
         route.namespace, route.reference, body, request.headers.get("Content-Type"), tags)
     headers = {
         "Location": f"/v2/{route.namespace}/manifests/{result.digest}",
@@ -39,5 +39,5 @@ async def put_manifest(request: web.Request, route: Route, registry: Registry) -
 
 async def delete_manifest(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
     assert route.namespace is not None and route.reference is not None
-    await registry.manifests.delete(route.namespace, route.reference)
+    await registry.manifests_for(route.namespace).delete(route.namespace, route.reference)
     return empty(202)

@@ -18,7 +18,7 @@ async def list_tags(request: web.Request, route: Route, registry: Registry) -> w
     last = request.query.get("last") or None
     if last is not None:
         validate_tag(last)
-    tags, more = await registry.manifests.list_tags(route.namespace, n, last)
+    tags, more = await registry.manifests_for(route.namespace).list_tags(route.namespace, n, last)
     headers = {}
     if more and tags and n is not None:
         headers["Link"] = next_link(f"/v2/{route.namespace}/tags/list", tags[-1], n)

@@ -35,22 +35,22 @@ async def start_upload(request: web.Request, route: Route, registry: Registry) -
         if source is not None:
             validate_name(source)
         if (await access.may_mount(request, route, registry, digest, source)
-                and await registry.blobs.mount(namespace, digest, source)):
+                and await registry.blobs_for(namespace).mount(namespace, digest, source)):
             return _blob_created(namespace, digest)
         await access.require_upload(request, route, registry)  # the fallback is a new upload session
-    upload_id = await registry.uploads.start(namespace)
+    upload_id = await registry.uploads_for(namespace).start(namespace)
     digest_param = request.query.get("digest")
     if digest_param is not None:
         digest = Digest.parse(digest_param)
         body = body_stream(request) if has_body(request) else None
-        await registry.uploads.complete(namespace, upload_id, digest, body)
+        await registry.uploads_for(namespace).complete(namespace, upload_id, digest, body)
         return _blob_created(namespace, digest)
     return empty(202, _session_headers(namespace, upload_id, 0))
 
 
 async def get_upload(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
     assert route.namespace is not None and route.upload_id is not None
-    size = await registry.uploads.status(route.namespace, route.upload_id)
+    size = await registry.uploads_for(route.namespace).status(route.namespace, route.upload_id)
     return empty(204, _session_headers(route.namespace, route.upload_id, size))
 
 
@@ -58,7 +58,8 @@ async def patch_upload(request: web.Request, route: Route, registry: Registry) -
     assert route.namespace is not None and route.upload_id is not None
     content_range = ContentRange.parse(request.headers.get("Content-Range"))
     body = body_stream(request) if has_body(request) else None
-    size = await registry.uploads.append(route.namespace, route.upload_id, body, content_range)
+    size = await registry.uploads_for(route.namespace).append(route.namespace, route.upload_id, body,
+                                                              content_range)
     return empty(202, _session_headers(route.namespace, route.upload_id, size))
 
 
@@ -69,11 +70,11 @@ async def complete_upload(request: web.Request, route: Route, registry: Registry
         raise errors.DigestInvalid("the digest query parameter is required to complete an upload")
     digest = Digest.parse(digest_param)
     body = body_stream(request) if has_body(request) else None
-    await registry.uploads.complete(route.namespace, route.upload_id, digest, body)
+    await registry.uploads_for(route.namespace).complete(route.namespace, route.upload_id, digest, body)
     return _blob_created(route.namespace, digest)
 
 
 async def cancel_upload(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
     assert route.namespace is not None and route.upload_id is not None
-    await registry.uploads.cancel(route.namespace, route.upload_id)
+    await registry.uploads_for(route.namespace).cancel(route.namespace, route.upload_id)
     return empty(204)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from app import errors
 from app.grammar import Digest
 from app.services.links import write_link
+from app.services.remote import RemoteBlob
 from app.storage import Stat, Storage, layout
 
 
@@ -20,6 +21,11 @@ class BlobService:
         if stat is None:
             raise errors.BlobUnknown(f"blob {digest} is unknown in repository {namespace}")
         return stat
+
+    async def open_remote(self, namespace: str, digest: Digest, method: str,
+                          range_header: str | None) -> RemoteBlob | None:
+        """A blob served from elsewhere than local storage (pull-through); here, never: None."""
+        return None
 
     async def is_linked(self, namespace: str, digest: Digest) -> bool:
         return await self.storage.stat(layout.layer_link(namespace, digest)) is not None

@@ -65,6 +65,11 @@ def tag_index_link(name: str, tag: str, digest: Digest) -> str:
     return f"{tag_dir(name, tag)}/index/{digest.algorithm}/{digest.hex}/link"
 
 
+def tag_fetched_at(name: str, tag: str) -> str:
+    """Ours: when a pull-through tag was last fetched or revalidated upstream (distribution ignores it)."""
+    return f"{tag_dir(name, tag)}/fetchedat"
+
+
 def referrers_dir(name: str, subject: Digest) -> str:
     """Ours: `_manifests/referrers/<alg>/<subject>/<alg>/<referrer>/link`."""
     return f"{REPOSITORIES}/{name}/_manifests/referrers/{subject.algorithm}/{subject.hex}"

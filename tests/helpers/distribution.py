@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,23 +18,32 @@ from tests.helpers.tools import require_tool
 class DistributionProcess:
     """One `docker-registry serve config.yml` process; `rootdirectory` is the filesystem storage root."""
 
-    def __init__(self, workdir: Path, rootdirectory: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, rootdirectory: Path, port: int | None = None,
+                 auth: dict[str, Any] | None = None, tls: dict[str, Any] | None = None) -> None:
+        """`auth`: distribution's `auth` section (e.g. `{"htpasswd": {...}}` or `{"token": {...}}`);
+        `tls`: its `http.tls` section (`certificate`, `key`, `clientcas`): served over https."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.root = rootdirectory
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.tls = tls is not None
         self.host = f"127.0.0.1:{self.port}"
         self.config_path = workdir / "distribution.yml"
         self.log_path = workdir / "distribution.log"
         # YAML is a superset of JSON: write the config as JSON to avoid quoting trouble in paths.
-        self.config_path.write_text(json.dumps({
+        config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
             "storage": {"filesystem": {"rootdirectory": str(rootdirectory)}, "delete": {"enabled": True},
                         "maintenance": {"uploadpurging": {"enabled": False}}},
             "http": {"addr": self.host, "secret": "interop-test-secret"},
-        }, indent=2))
+        }
+        if auth is not None:
+            config["auth"] = auth
+        if tls is not None:
+            config["http"]["tls"] = tls
+        self.config_path.write_text(json.dumps(config, indent=2))
         self.process: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()
 
@@ -47,9 +57,13 @@ class DistributionProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"docker-registry exited with {self.process.returncode}:\n{self.logs()}")
             try:
-                if requests.get(f"{self.url}/v2/", timeout=1).status_code == 200:
+                if self.tls:  # may want a client certificate: a listening port is enough
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                     return self
-            except requests.ConnectionError:
+                # 401 is how a registry with auth says it is up.
+                if requests.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
+                    return self
+            except (requests.ConnectionError, OSError):
                 pass
             time.sleep(0.05)
         raise RuntimeError(f"docker-registry did not start in {timeout}s:\n{self.logs()}")

@@ -1,0 +1,66 @@
+"""The cache store: small values with a time to live, shared by upstream tokens, key sets and decisions.
+
+In memory for one process now; `[cache.redis]` plugs a shared store in later through the same
+interface, so every caller stays unchanged. Keys are opaque strings built by the caller; values are
+bytes (callers encode). Nothing here is authoritative: a miss is always allowed.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections import OrderedDict
+
+from app.config import CacheConfig
+
+
+class CacheStore(abc.ABC):
+    @abc.abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """The value, or None when absent or expired."""
+
+    @abc.abstractmethod
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store `value` for `ttl` seconds (a ttl <= 0 stores nothing)."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class MemoryCache(CacheStore):
+    """A bounded LRU with per-entry expiry, for one process (event loop only: no locking needed)."""
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max_entries = max_entries
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires <= time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if ttl <= 0:
+            self._entries.pop(key, None)
+            return
+        self._entries[key] = (time.monotonic() + ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    async def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+def open_cache(config: CacheConfig) -> CacheStore:
+    # `[cache.redis]` selects the shared store once it is built; until then every process keeps its own.
+    return MemoryCache()

@@ -1,0 +1,1 @@
+"""The upstream registry client: challenge-based auth, redirects, TLS, timeouts, and failover."""
