@@ -173,3 +173,22 @@ def test_upstreams_follow_a_live_configuration_reload(upstream: DistributionProc
         time.sleep(0.1)
     assert cache.post("/v2/cache/team/app/blobs/uploads/").status_code == 202
     assert manifest(cache, "1").content == image.manifest  # what was cached stays
+
+
+def test_a_manifest_that_does_not_match_its_digest_is_refused_and_not_stored(
+        upstream: DistributionProcess, start_registry: Callable[..., RegistryProcess]) -> None:
+    image = make_image()
+    push(requests.Session(), upstream.url, "team/app", image, "1")
+    liar = Proxy(upstream.url, lie_about={"1", image.digest})
+    liar.start()
+    try:
+        cache = start_registry(pull_through_config([{"url": liar.url}]))
+        for reference in ("1", image.digest):
+            response = manifest(cache, reference)
+            assert response.status_code == 502, response.text
+            assert liar.url in response.text and "nothing was stored" in response.text
+        assert not (cache.root / "docker/registry/v2/repositories/cache/team/app/_manifests").exists()
+        liar.lie_about.clear()
+        assert manifest(cache, "1").content == image.manifest
+    finally:
+        liar.stop()

@@ -205,3 +205,48 @@ def test_concurrent_manifest_misses_make_one_upstream_request(
     with ThreadPoolExecutor(CLIENTS) as pool:
         assert set(pool.map(lambda _: get("1"), range(CLIENTS))) == {image.manifest}
     assert proxy.get_count("/v2/team/app/manifests/1") == 1
+
+
+def test_a_hanging_upstream_fails_the_fetch_and_a_client_leaving_does_not_cancel_it(
+        upstream: DistributionProcess, proxies: list[Proxy],
+        start_registry: Callable[..., RegistryProcess]) -> None:
+    blob = os.urandom(4 * 1024 * 1024)
+    digest = digest_of(blob)
+    upload_blob(requests.Session(), upstream.url, "team/app", blob)
+    hanging = Proxy(upstream.url, stall_after=1024 * 1024, stall_seconds=4)
+    slow = Proxy(upstream.url, throttle=2 * 1024 * 1024)
+    proxies.extend([hanging, slow])
+    hanging.start()
+    slow.start()
+    cache = start_registry(pull_through_config([{"url": hanging.url, "read_timeout": 1}])
+                           + pull_through_config([{"url": slow.url}], prefix="slow", open_globally=False))
+    hexdigest = digest.split(":", 1)[1]
+
+    # Upstream goes silent mid-body for longer than read_timeout: the client is cut off, nothing stored.
+    started = time.monotonic()
+    cut = pull(f"{cache.url}/v2/cache/team/app/blobs/{digest}")
+    assert cut.error is not None and 0 < cut.size < len(blob)
+    assert time.monotonic() - started < 4
+    deadline = time.monotonic() + 5  # the leader tells readers first, then removes its spool
+    while [f for f in stored_files(cache.root) if "_uploads/fetch-" in f] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [f for f in stored_files(cache.root) if hexdigest in f or "_uploads/fetch-" in f]
+    assert "timed out" in cache.logs() or "TimeoutError" in cache.logs()
+    # The stall was a one-off: the next pull succeeds.
+    assert pull(f"{cache.url}/v2/cache/team/app/blobs/{digest}").sha256 == digest
+
+    # A client that gives up after the first bytes does not stop the fetch others (and the cache) need.
+    other = os.urandom(4 * 1024 * 1024)
+    other_digest = digest_of(other)
+    upload_blob(requests.Session(), upstream.url, "team/app", other)
+    with requests.get(f"{cache.url}/v2/slow/team/app/blobs/{other_digest}", stream=True, timeout=60) as r:
+        assert r.status_code == 200
+        next(r.iter_content(64 * 1024))
+    other_hex = other_digest.split(":", 1)[1]
+    stored = cache.root / "docker/registry/v2/blobs/sha256" / other_hex[:2] / other_hex / "data"
+    deadline = time.monotonic() + 20
+    while not stored.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stored.read_bytes() == other
+    assert pull(f"{cache.url}/v2/slow/team/app/blobs/{other_digest}").sha256 == other_digest
+    assert slow.get_count(f"/v2/team/app/blobs/{other_digest}") == 1

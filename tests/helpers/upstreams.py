@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import ipaddress
 import threading
@@ -207,9 +208,9 @@ class Proxy(BackgroundApp):
     """Forwards everything to `target` and counts requests by (method, path).
 
     `throttle`: bytes per second for blob bodies (so clients can be seen to get bytes before the
-    upstream transfer ends). `lie_about`: digests whose blob bytes are corrupted on the way (same
-    length, wrong content). `redirect_blobs_to`: answer blob GETs with a 307 to that base URL (a CDN),
-    keeping the query. `fail_with`: answer everything with this status (a broken upstream).
+    upstream transfer ends). `lie_about`: blob digests or manifest references whose bytes are
+    corrupted on the way (same length, wrong content). `redirect_blobs_to`: answer blob GETs with a
+    307 to that base URL (a CDN), keeping the query. `fail_with`: answer everything with this status.
     `stall_after`: go silent for `stall_seconds` once that many bytes of a blob body were sent.
     `seen_authorization`: the Authorization header of every request, by path.
     """
@@ -264,26 +265,31 @@ class Proxy(BackgroundApp):
                                         "server"):
                     response.headers.add(name, value)
             await response.prepare(request)
-            digest = request.path.rsplit("/", 1)[-1]
-            lie = is_blob and digest in self.lie_about and request.method == "GET"
-            started = time.monotonic()
-            sent = 0
-            async for chunk in upstream.content.iter_chunked(64 * 1024):
-                if is_blob and self.stall_after is not None and sent >= self.stall_after:
-                    await asyncio.sleep(self.stall_seconds)
-                    self.stall_after = None
-                if lie:
-                    chunk = bytes(b ^ 0xFF for b in chunk[:16]) + chunk[16:]
-                await response.write(chunk)
-                sent += len(chunk)
-                self.bytes_sent += len(chunk)
-                if self.throttle and is_blob:
-                    delay = started + sent / self.throttle - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-            await response.write_eof()
-            self.finished_at[request.path] = time.time()
+            with contextlib.suppress(ConnectionError):  # the client went away (or gave up on a stall)
+                await self._relay(request, response, upstream, is_blob)
             return response
+
+    async def _relay(self, request: web.Request, response: web.StreamResponse,
+                     upstream: aiohttp.ClientResponse, is_blob: bool) -> None:
+        # A lie is about a blob digest, or about a manifest reference (a tag or a digest).
+        lie = request.path.rsplit("/", 1)[-1] in self.lie_about and request.method == "GET"
+        started = time.monotonic()
+        sent = 0
+        async for chunk in upstream.content.iter_chunked(64 * 1024):
+            if is_blob and self.stall_after is not None and sent >= self.stall_after:
+                self.stall_after = None  # a one-off: the next request goes through
+                await asyncio.sleep(self.stall_seconds)
+            if lie:
+                chunk = bytes(b ^ 0xFF for b in chunk[:16]) + chunk[16:]
+            await response.write(chunk)
+            sent += len(chunk)
+            self.bytes_sent += len(chunk)
+            if self.throttle and is_blob:
+                delay = started + sent / self.throttle - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        await response.write_eof()
+        self.finished_at[request.path] = time.time()
 
 
 def pull_through_counters(metrics_text: str, repository: str = "cache") -> dict[str, float]:
