@@ -29,6 +29,8 @@ from app.upstream import metrics
 from app.upstream.errors import UpstreamInvalid, UpstreamUnavailable
 from app.upstream.pool import Mirror
 
+COMMIT_RETRIES = 100  # x 50 ms
+
 
 def read_only(mirror: Mirror) -> errors.RegistryError:
     return errors.Unsupported(
@@ -223,7 +225,7 @@ class PullThroughBlobs:
             await writer.close()
             async with self.locks.hold(f"blob:{digest}"):
                 if await self.storage.stat(layout.blob_data(digest)) is None:
-                    await self.storage.move(leader.ticket.spool, layout.blob_data(digest))
+                    await self._commit(leader.ticket.spool, layout.blob_data(digest))
                 await self.local.link(namespace, digest)
             leader.finish(size)
         except BaseException as exc:
@@ -233,6 +235,18 @@ class PullThroughBlobs:
             if writer is not None:
                 await writer.close()
             await self.storage.delete_tree(layout.upload_dir(namespace, upload_id))
+
+    async def _commit(self, spool: str, blob_key: str) -> None:
+        """Move the verified spool into place. On Windows a file cannot be renamed while a reader has it
+        open (readers open the spool briefly for each read), so a sharing violation is retried."""
+        for attempt in range(COMMIT_RETRIES):
+            try:
+                await self.storage.move(spool, blob_key)
+                return
+            except PermissionError:
+                if attempt == COMMIT_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def _spool(self, leader: Leader, digest: Digest, source: str, response: aiohttp.ClientResponse,
                      writer: AppendWriter, hasher: Any) -> None:
