@@ -15,14 +15,13 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from app import errors
 from app.auth.chain import challenge
 from app.auth.identity import Identity
-from app.cel_policy import CompiledPolicy, activation
 from app.config import Config
 from app.repositories import RepositoryMap
 from app.ttlcache import TTLCache
@@ -60,6 +59,10 @@ class AccessRequest:
                 "artifact_type": self.artifact_type, "from": self.from_}
 
 
+if TYPE_CHECKING:
+    from app.cel_policy import CompiledPolicy
+
+
 class Decision(enum.Enum):
     ALLOW = "allow"
     DENY = "deny"
@@ -73,6 +76,9 @@ class Authorizer:
         self.challenge = challenge(config)
         self.accepts_credentials = bool(config.auth.identity or config.auth.oidc)
         global_policy = config.global_.access_policy
+        if global_policy is not None or any(r.access_policy for r in config.repository.values()):
+            # cel-python (~7 MiB resident) is imported only when some policy exists.
+            from app.cel_policy import CompiledPolicy
         self.global_policy = CompiledPolicy(global_policy, "global.access_policy") if global_policy else None
         self.policies = {
             prefix: CompiledPolicy(repository.access_policy, f'repository."{prefix}".access_policy')
@@ -145,6 +151,8 @@ class Authorizer:
         def allows(policy: CompiledPolicy) -> bool:
             nonlocal variables
             if variables is None:
+                from app.cel_policy import activation
+
                 variables = activation(identity.as_variables(), access.variables())
             return policy.allows(variables)
 

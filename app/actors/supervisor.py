@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.actors.bridge import ActorHandle
-from app.actors.config_watcher import ApplyReload, ConfigWatcher
 from app.actors.fetch_coordinator import FetchCoordinator
 from app.actors.locks import LockActor, Locks
 from app.actors.manifest_index import ManifestIndexActor
 from app.actors.uploads import UploadActor
 from app.config import Config
+
+if TYPE_CHECKING:
+    from app.actors.config_watcher import ApplyReload
 
 
 @dataclass
@@ -34,6 +37,8 @@ class Actors:
     def start_config_watcher(self, files: list[Path], config: Config, loop: asyncio.AbstractEventLoop,
                              apply: ApplyReload) -> None:
         """Watch `files` (and the TLS files they name) and reload them live through `apply`."""
+        from app.actors.config_watcher import ConfigWatcher  # watchdog only when files are watched
+
         self.config_watcher = ActorHandle(ConfigWatcher.start(files, config, loop, apply))
 
 

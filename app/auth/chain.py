@@ -11,9 +11,8 @@ import base64
 import binascii
 import ipaddress
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -21,7 +20,6 @@ from app import errors
 from app.auth.basic import BasicVerifier
 from app.auth.identity import Identity
 from app.auth.mtls import client_certificate_identity
-from app.auth.oidc import OIDCProvider
 from app.config import Config
 
 log = logging.getLogger("registry.auth")
@@ -57,6 +55,10 @@ def challenge(config: Config) -> dict[str, str]:
     return {"WWW-Authenticate": f'{scheme} realm="{REALM}"'}
 
 
+if TYPE_CHECKING:
+    from app.auth.oidc import OIDCProvider
+
+
 class Authenticator:
     """One configuration generation's identities, OIDC providers and trusted proxies."""
 
@@ -69,6 +71,8 @@ class Authenticator:
             if reused is not None and reused.config == provider_config:
                 self.providers[name] = reused
             else:
+                from app.auth.oidc import OIDCProvider  # PyJWT + cryptography only when OIDC is used
+
                 self.providers[name] = OIDCProvider(name, provider_config)
         self.trusted_proxies = parse_networks(config.global_.trusted_proxies)
         self.accepts_credentials = self.basic.configured or bool(self.providers)
@@ -193,6 +197,8 @@ class Authenticator:
 
 
 def _unverified_issuer(token: str) -> str | None:
+    import jwt
+
     try:
         claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:

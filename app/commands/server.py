@@ -10,14 +10,17 @@ import signal
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from app.actors.config_watcher import ApplyReload
 from app.config import Config, ConfigError, default_config_files
 from app.context import Registry, build_registry
 from app.http.app import build_app
-from app.tls import ServerTLS
+
+if TYPE_CHECKING:
+    from app.actors.config_watcher import ApplyReload
+    from app.tls import ServerTLS
 
 log = logging.getLogger("registry")
 
@@ -44,6 +47,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None, files: list[
                 tls: ServerTLS | None = None) -> None:
     """Serve until SIGINT/SIGTERM; `files` are watched and reloaded live; `tls` is the listener's TLS."""
     if tls is None and config.server.tls is not None:
+        from app.tls import ServerTLS
+
         tls = ServerTLS(config.server.tls)
     registry = build_registry(config)
     app = build_app(registry)
@@ -90,7 +95,11 @@ def run(config: Config, files: list[Path] | None = None) -> int:
     files = default_config_files() if files is None else files
     try:
         # Built before anything else: a broken TLS section stops the start, never falls back to plaintext.
-        tls = ServerTLS(config.server.tls) if config.server.tls is not None else None
+        tls = None
+        if config.server.tls is not None:
+            from app.tls import ServerTLS  # cryptography only when TLS is configured
+
+            tls = ServerTLS(config.server.tls)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
