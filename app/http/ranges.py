@@ -11,6 +11,7 @@ from typing import IO, Any
 from aiohttp import web
 
 from app import errors
+from app.http import sendfile
 from app.storage import Storage
 
 log = logging.getLogger("registry")
@@ -51,6 +52,26 @@ def _unsatisfiable(size: int) -> errors.RegistryError:
                                 headers={"Content-Range": f"bytes */{size}"})
 
 
+async def _copy(response: web.StreamResponse, file: IO[Any], offset: int, length: int) -> None:
+    """Read and write in segments, reading the next segment while the current one drains."""
+    loop = asyncio.get_running_loop()
+
+    def read(at: int, count: int) -> bytes:  # one read outstanding at a time: seek+read is safe
+        file.seek(at)
+        return bytes(file.read(count))
+
+    sent = 0
+    pending = loop.run_in_executor(None, read, offset, min(SENDFILE_SEGMENT, length))
+    while sent < length:
+        chunk = await pending
+        if not chunk:
+            raise ConnectionResetError("the blob file ended early")
+        sent += len(chunk)
+        if sent < length:
+            pending = loop.run_in_executor(None, read, offset + sent, min(SENDFILE_SEGMENT, length - sent))
+        await response.write(chunk)
+
+
 async def send_object(request: web.Request, response: web.StreamResponse, storage: Storage, key: str,
                       offset: int, length: int) -> web.StreamResponse:
     """Stream `length` bytes of `key` from `offset`: sendfile in segments when the backend has files."""
@@ -67,24 +88,22 @@ async def send_object(request: web.Request, response: web.StreamResponse, storag
         await response.prepare(request)
         if file is not None:
             transport = request.transport
-            sent = 0
-            while sent < length:
-                if transport is None or transport.is_closing():
-                    raise ConnectionResetError("client went away")
-                count = min(SENDFILE_SEGMENT, length - sent)
-                try:
-                    await loop.sendfile(transport, file, offset + sent, count)
-                except NotImplementedError:
-                    file.seek(offset + sent)
-                    chunk = await loop.run_in_executor(None, file.read, count)
-                    await response.write(chunk)
-                sent += count
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("client went away")
+            if sendfile.supported() and transport.get_extra_info("sslcontext") is None:
+                while transport.get_write_buffer_size():  # the headers go first
+                    await response.drain()
+                    await asyncio.sleep(0.001)
+                await sendfile.send(transport, file.fileno(), offset, length)
+            else:
+                await _copy(response, file, offset, length)
         else:
             async for chunk in storage.read(key, offset, length):
                 await response.write(chunk)
         await response.write_eof()
     except ConnectionError as exc:
-        if request.transport is not None and not request.transport.is_closing():
+        client_left = isinstance(exc, sendfile.ClientGone)
+        if not client_left and request.transport is not None and not request.transport.is_closing():
             raise  # not the client: e.g. the storage backend's connection failed
         # The client went away in the middle of the body: nothing to answer, nothing to log as an error.
         log.info("client went away while reading %s: %s", key, exc)
