@@ -13,6 +13,7 @@ import asyncio
 import json
 import platform
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -315,6 +316,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for server in servers:
             server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # pushes leave gigabytes behind
 
 
 def main() -> None:
