@@ -94,6 +94,24 @@ class ManifestService:
         for tag in immutable:  # fail before writing anything; checked again under the tag lock
             await self._check_immutable(namespace, tag, digest)
 
+        await self.store_revision(namespace, digest, body, parsed)
+
+        for tag in tags:
+            async with self.locks.hold(f"tag:{namespace}:{tag}"):
+                if tag in immutable:
+                    await self._check_immutable(namespace, tag, digest)
+                await self.set_tag(namespace, tag, digest)
+        return PutResult(digest, parsed.subject)
+
+    async def _check_immutable(self, namespace: str, tag: str, digest: Digest) -> None:
+        current = await read_link(self.storage, layout.tag_current_link(namespace, tag))
+        if current is not None and current != digest:
+            raise errors.Denied(f"tag {tag!r} in {namespace} is immutable: it already names {current}",
+                                status=409, detail={"tag": tag, "digest": str(current)})
+
+    async def store_revision(self, namespace: str, digest: Digest, body: bytes,
+                             parsed: manifest.Manifest) -> None:
+        """Commit a manifest (blob, media type, revision link, referrer link) before any tag names it."""
         key = str(digest)
         if not await self.blobs.exists(digest):
             await self.storage.put(layout.blob_data(digest), body)
@@ -105,20 +123,8 @@ class ManifestService:
         self.index.tell("keep_body", key, body)
         self.index.tell("add_revision", namespace, key, parsed.media_type)
 
-        for tag in tags:
-            async with self.locks.hold(f"tag:{namespace}:{tag}"):
-                if tag in immutable:
-                    await self._check_immutable(namespace, tag, digest)
-                await self._set_tag(namespace, tag, digest)
-        return PutResult(digest, parsed.subject)
-
-    async def _check_immutable(self, namespace: str, tag: str, digest: Digest) -> None:
-        current = await read_link(self.storage, layout.tag_current_link(namespace, tag))
-        if current is not None and current != digest:
-            raise errors.Denied(f"tag {tag!r} in {namespace} is immutable: it already names {current}",
-                                status=409, detail={"tag": tag, "digest": str(current)})
-
-    async def _set_tag(self, namespace: str, tag: str, digest: Digest) -> None:
+    async def set_tag(self, namespace: str, tag: str, digest: Digest) -> None:
+        """Point a tag at a committed manifest; the caller holds the tag's lock."""
         await write_link(self.storage, layout.tag_index_link(namespace, tag, digest), digest)
         await write_link(self.storage, layout.tag_current_link(namespace, tag), digest)
         self.index.tell("set_tag", namespace, tag, str(digest), time.time())

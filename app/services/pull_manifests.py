@@ -24,7 +24,6 @@ from app import errors, manifest
 from app.actors.manifest_index import page
 from app.grammar import DIGEST_RE, TAG_RE, Digest
 from app.services.flights import Flights, Leader
-from app.services.links import write_link
 from app.services.manifests import ManifestService, PutResult, StoredManifest
 from app.services.pull_blobs import read_only
 from app.storage import Storage, layout
@@ -181,19 +180,11 @@ class PullThroughManifests:
                      tag: str | None) -> None:
         """What a push stores (blob, media type, revision, referrer, tag), minus the reference checks:
         a cached manifest's blobs arrive later, when they are pulled."""
-        local, key = self.local, str(digest)
-        if await self.storage.stat(layout.blob_data(digest)) is None:
-            await self.storage.put(layout.blob_data(digest), body)
-        await self.storage.put(layout.revision_media_type(namespace, digest), parsed.media_type.encode())
-        await write_link(self.storage, layout.revision_link(namespace, digest), digest)
-        if parsed.subject is not None:
-            await write_link(self.storage, layout.referrer_link(namespace, parsed.subject, digest), digest)
-            local.index.tell("add_referrer", namespace, str(parsed.subject), parsed.referrer_descriptor())
-        local.index.tell("keep_body", key, body)
-        local.index.tell("add_revision", namespace, key, parsed.media_type)
+        local = self.local
+        await local.store_revision(namespace, digest, body, parsed)
         if tag is not None:
             async with local.locks.hold(f"tag:{namespace}:{tag}"):
-                await local._set_tag(namespace, tag, digest)
+                await local.set_tag(namespace, tag, digest)
                 await self._touch(namespace, tag)
 
     # --- tags -----------------------------------------------------------------------------------
