@@ -43,7 +43,6 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from app.actors.bridge import AsyncActor, tell
 from app.config import Config, ConfigError, load
 from app.reload import changed_sections, split_restart_keys
-from app.tls import build_context, tls_files
 
 log = logging.getLogger("registry.config")
 
@@ -110,6 +109,10 @@ class ConfigWatcher(AsyncActor):
 
     # --- what is watched ------------------------------------------------------------------------
     def _watched_files(self) -> list[Path]:
+        if self.config.server.tls is None:
+            return list(self.files)
+        from app.tls import tls_files  # cryptography (~8 MiB) only when TLS is configured
+
         return [*self.files, *tls_files(self.config.server.tls)]
 
     def is_relevant(self, path: str) -> bool:
@@ -188,6 +191,8 @@ class ConfigWatcher(AsyncActor):
         tls = config.server.tls
         context = None
         if tls is not None and (tls_changed or tls != self.config.server.tls):
+            from app.tls import build_context  # cryptography only when TLS is configured
+
             try:
                 context = build_context(tls)
             except ConfigError as exc:
