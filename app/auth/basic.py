@@ -10,6 +10,9 @@ Argon2id costs ~0.1 s and 64 MiB per verification by design. So:
   costs nothing;
 - an unknown username is verified against a dummy hash with the same parameters, so it costs the same
   time as a wrong password.
+
+argon2-cffi (and cffi) is imported only once an identity is configured: a registry without Basic
+identities never loads it.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
-
-from argon2 import Parameters, PasswordHasher, extract_parameters
-from argon2.exceptions import InvalidHashError, VerificationError
+from typing import TYPE_CHECKING, Any
 
 from app import errors
 from app.config import IdentityConfig
 from app.ttlcache import TTLCache
+
+if TYPE_CHECKING:
+    from argon2 import Parameters, PasswordHasher
 
 WORKERS = 2
 MAX_PENDING = 16
@@ -37,7 +40,16 @@ SUCCESS_TTL = 300.0
 FAILURE_TTL = 30.0
 CACHE_SIZE = 4096
 
-_hasher = PasswordHasher()
+_hasher: PasswordHasher | None = None
+
+
+def _default_hasher() -> PasswordHasher:
+    global _hasher
+    if _hasher is None:
+        from argon2 import PasswordHasher
+
+        _hasher = PasswordHasher()
+    return _hasher
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +88,10 @@ class VerificationPool:
 
 
 def verify_password(phc_hash: str, password: str) -> bool:
+    from argon2.exceptions import InvalidHashError, VerificationError
+
     try:
-        return _hasher.verify(phc_hash, password)
+        return _default_hasher().verify(phc_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -98,6 +112,8 @@ def dummy_hash(parameters: Parameters) -> str:
     with _dummy_lock:
         found = _dummy_hashes.get(key)
         if found is None:
+            from argon2 import PasswordHasher
+
             hasher = PasswordHasher.from_parameters(parameters)
             found = _dummy_hashes[key] = hasher.hash(secrets.token_urlsafe(16))
         return found
@@ -122,7 +138,11 @@ class BasicVerifier:
         for identity_id, identity in identities.items():  # hashes and usernames checked by the config
             self._by_username[identity.username] = (identity_id, identity.password)
         first = next(iter(identities.values()), None)
-        self._dummy_parameters = extract_parameters(first.password) if first is not None else None
+        self._dummy_parameters: Parameters | None = None
+        if first is not None:
+            from argon2 import extract_parameters
+
+            self._dummy_parameters = extract_parameters(first.password)
         self._successes: TTLCache[BasicIdentity] = TTLCache(CACHE_SIZE, SUCCESS_TTL)
         self._failures: TTLCache[bool] = TTLCache(CACHE_SIZE, FAILURE_TTL)
         if self._dummy_parameters is not None:
