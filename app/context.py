@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.actors.supervisor import Actors, start_actors
 from app.auth.chain import Authenticator
@@ -16,11 +16,13 @@ from app.immutable import ImmutableTags
 from app.policy import Authorizer
 from app.services.blobs import BlobService
 from app.services.manifests import ManifestService
-from app.services.pull_blobs import PullThroughBlobs
-from app.services.pull_manifests import PullThroughManifests
-from app.services.pull_through import PullThrough, ReadOnlyUploads
 from app.services.uploads import UploadService
 from app.storage import Storage, open_storage
+
+if TYPE_CHECKING:  # imported at run time only once a repository has upstreams (see _pull_through_for)
+    from app.services.pull_blobs import PullThroughBlobs
+    from app.services.pull_manifests import PullThroughManifests
+    from app.services.pull_through import PullThrough, ReadOnlyUploads
 
 
 @dataclass
@@ -35,18 +37,36 @@ class Registry:
     authenticator: Authenticator
     # Set by build_registry once the registry exists.
     cache: CacheStore = field(init=False)
-    pull_through: PullThrough = field(init=False)
+    # Built with the first configuration that has upstreams (at start or by a hot reload), then kept:
+    # a registry that never mirrors anything never imports the pull-through code or its upstream client.
+    pull_through: PullThrough | None = field(init=False, default=None)
 
     # The services for one namespace: the pull-through implementations when its repository has
     # upstreams (read at request time: a hot reload may add or remove them), the local ones otherwise.
     def blobs_for(self, namespace: str) -> BlobService | PullThroughBlobs:
+        if self.pull_through is None:
+            return self.blobs
         return self.pull_through.blobs(self.config, namespace) or self.blobs
 
     def manifests_for(self, namespace: str) -> ManifestService | PullThroughManifests:
+        if self.pull_through is None:
+            return self.manifests
         return self.pull_through.manifests(self.config, namespace) or self.manifests
 
     def uploads_for(self, namespace: str) -> UploadService | ReadOnlyUploads:
+        if self.pull_through is None:
+            return self.uploads
         return self.pull_through.uploads(self.config, namespace) or self.uploads
+
+    def _prepare_pull_through(self, config: Config) -> None:
+        """Build the pull-through services the first time a configuration has upstreams."""
+        if self.pull_through is not None or not any(r.upstream for r in config.repository.values()):
+            return
+        from app.services.pull_through import PullThrough
+
+        fetches = self.actors.start_fetch_coordinator()
+        self.pull_through = PullThrough(self.storage, self.actors.locks, fetches, self.blobs, self.manifests,
+                                        self.cache)
 
     def reconfigure(self, config: Config) -> None:
         """Swap in a new, already validated configuration for new requests (hot reload).
@@ -58,6 +78,7 @@ class Registry:
         authorizer = Authorizer(config)
         authenticator = Authenticator(config, previous=self.authenticator)
         immutable_tags = ImmutableTags(config)
+        self._prepare_pull_through(config)  # before the swap: a request never sees upstreams without it
         old_authorizer, old_authenticator = self.authorizer, self.authenticator
         self.config = config
         self.authorizer = authorizer
@@ -73,7 +94,8 @@ class Registry:
         await asyncio.gather(*_closing, return_exceptions=True)
         await self.authorizer.close()
         await self.authenticator.close()
-        await self.pull_through.close()
+        if self.pull_through is not None:
+            await self.pull_through.close()
         await self.cache.close()
         self.actors.stop()
         await self.storage.close()
@@ -117,6 +139,5 @@ def build_registry(config: Config) -> Registry:
     manifests.immutable_tags = ImmutableTags(config)
     registry = Registry(config, storage, actors, blobs, uploads, manifests, authorizer, authenticator)
     registry.cache = open_cache(config.cache)
-    registry.pull_through = PullThrough(storage, actors.locks, actors.fetches, blobs, manifests,
-                                        registry.cache)
+    registry._prepare_pull_through(config)
     return registry

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.actors.bridge import ActorHandle
-from app.actors.fetch_coordinator import FetchCoordinator
 from app.actors.locks import LockActor, Locks
 from app.actors.manifest_index import ManifestIndexActor
 from app.actors.uploads import UploadActor
@@ -24,15 +23,25 @@ class Actors:
     lock_actor: ActorHandle
     uploads: ActorHandle
     index: ActorHandle
-    fetches: ActorHandle  # FetchCoordinator: single-flight upstream fetches
+    # FetchCoordinator (single-flight upstream fetches): started with the first pull-through repository.
+    fetches: ActorHandle | None = None
     config_watcher: ActorHandle | None = None
+
+    def start_fetch_coordinator(self) -> ActorHandle:
+        """The FetchCoordinator, started on first use: a registry without upstreams never needs it."""
+        if self.fetches is None:
+            from app.actors.fetch_coordinator import FetchCoordinator
+
+            self.fetches = ActorHandle(FetchCoordinator.start())
+        return self.fetches
 
     def stop(self) -> None:
         # The watcher started last (once the server listens) and stops first: no reload during shutdown.
         if self.config_watcher is not None:
             self.config_watcher.stop()
         for handle in (self.fetches, self.index, self.uploads, self.lock_actor):
-            handle.stop()
+            if handle is not None:
+                handle.stop()
 
     def start_config_watcher(self, files: list[Path], config: Config, loop: asyncio.AbstractEventLoop,
                              apply: ApplyReload) -> None:
@@ -46,6 +55,4 @@ def start_actors() -> Actors:
     lock_actor = ActorHandle(LockActor.start())
     uploads = ActorHandle(UploadActor.start())
     index = ActorHandle(ManifestIndexActor.start())
-    fetches = ActorHandle(FetchCoordinator.start())
-    return Actors(locks=Locks(lock_actor), lock_actor=lock_actor, uploads=uploads, index=index,
-                  fetches=fetches)
+    return Actors(locks=Locks(lock_actor), lock_actor=lock_actor, uploads=uploads, index=index)

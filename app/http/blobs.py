@@ -6,7 +6,6 @@ from aiohttp import web
 
 from app.context import Registry
 from app.http.ranges import parse_range, send_object
-from app.http.remote import send_remote
 from app.http.responses import empty, head
 from app.http.router import Route
 from app.storage import layout
@@ -18,6 +17,8 @@ async def get_blob(request: web.Request, route: Route, registry: Registry) -> we
     remote = await blobs.open_remote(route.namespace, route.digest, request.method,
                                      request.headers.get("Range"))
     if remote is not None:  # a pull-through miss: from upstream, or the fetch in flight
+        from app.http.remote import send_remote  # only pull-through repositories answer remotely
+
         return await send_remote(request, remote)
     stat = await blobs.stat(route.namespace, route.digest)
     headers = {

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from app import errors
 from app.grammar import Digest
 from app.services.links import write_link
-from app.services.remote import RemoteBlob
 from app.storage import Stat, Storage, layout
+
+if TYPE_CHECKING:
+    from app.services.remote import RemoteBlob
 
 
 class BlobService:
