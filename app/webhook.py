@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from multidict import CIMultiDict
-from prometheus_client import Counter
 
 from app.auth.identity import Identity
 from app.config import WebhookConfig
+from app.metrics import Counter
 from app.ttlcache import TTLCache
 
 if TYPE_CHECKING:

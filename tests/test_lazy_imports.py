@@ -22,6 +22,7 @@ from app.services.uploads import UploadService
 # Imported by the feature that needs them, never by a registry that does not use that feature.
 HEAVY = [
     "cryptography",  # [server.tls], OIDC
+    "prometheus_client",  # the first counter increment or /metrics scrape (app/metrics.py)
     "argon2",  # [auth.identity.*]
     "_cffi_backend",
     "app.tls",

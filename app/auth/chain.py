@@ -14,13 +14,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import Counter
 
 from app import errors
 from app.auth.basic import BasicVerifier
 from app.auth.identity import Identity
 from app.auth.mtls import client_certificate_identity
 from app.config import Config
+from app.metrics import Counter
 
 log = logging.getLogger("registry.auth")
 

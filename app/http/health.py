@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app import metrics as registry_metrics
 from app.context import Registry
 from app.http.responses import json_response
 from app.http.router import Route
@@ -24,6 +24,7 @@ async def readyz(request: web.Request, route: Route, registry: Registry) -> web.
 
 
 async def metrics(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
-    response = web.Response(body=generate_latest())
-    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    body, content_type = registry_metrics.exposition()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
     return response

@@ -1,11 +1,11 @@
 """Pull-through counters, per repository (the configured prefix), in one place.
 
-Exposed by `GET /metrics` through prometheus_client's default registry.
+Exposed by `GET /metrics` through prometheus_client's default registry (see app/metrics.py).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from app.metrics import Counter
 
 HITS = Counter("registry_pull_through_hits", "Pull-through requests answered from the local cache",
                ["repository"])

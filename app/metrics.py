@@ -1,0 +1,78 @@
+"""The registry's Prometheus metrics: declared at import, backed by prometheus_client from first use.
+
+prometheus_client brings its exposition servers along (http.server, socketserver, wsgiref, gzip, mmap):
+about 1 MiB of resident memory. A registry that nobody scrapes and that sees no credentials (a laptop)
+never needs it. So the modules declare their counters here, and the library is imported the first time
+a counter is incremented or `GET /metrics` is scraped. At that moment every declared counter is
+registered at once, so a scrape always lists every declared family, and prometheus_client's default
+registry adds its process, platform and GC collectors as it always does. A counter declared later (by a
+module imported lazily, e.g. the pull-through counters) is registered as it is declared.
+
+Values, label handling, thread safety and the text format are prometheus_client's own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import prometheus_client
+
+_lock = threading.Lock()
+_declared: list[Counter] = []
+_loaded = False
+
+
+class Counter:
+    """A prometheus_client `Counter` with label names, created when metrics are first used."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._counter: prometheus_client.Counter | None = None
+        with _lock:
+            _declared.append(self)
+            if _loaded:
+                self._register()
+
+    def _register(self) -> None:
+        import prometheus_client
+
+        self._counter = prometheus_client.Counter(self.name, self.documentation, self.labelnames)
+
+    def labels(self, *values: str) -> prometheus_client.Counter:
+        """The child for these label values (in the order of `labelnames`), as prometheus_client's."""
+        counter = self._counter
+        if counter is None:
+            load()
+            counter = self._counter
+            assert counter is not None
+        return counter.labels(*values)
+
+
+def load() -> None:
+    """Import prometheus_client and register every declared metric (once; safe from any thread)."""
+    global _loaded
+    if _loaded:
+        return
+    with _lock:
+        if _loaded:
+            return
+        for metric in _declared:
+            metric._register()
+        _loaded = True
+
+
+def loaded() -> bool:
+    return _loaded
+
+
+def exposition() -> tuple[bytes, str]:
+    """The default registry in the Prometheus text format, and its Content-Type."""
+    load()
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return generate_latest(), CONTENT_TYPE_LATEST
