@@ -60,7 +60,9 @@ def build_app(registry: Registry) -> web.Application:
             route_middleware,
         ],
         client_max_size=config.global_.max_manifest_size,
-        handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024},
+        handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024,
+                      # A deeper socket buffer keeps large uploads flowing while a chunk is flushed.
+                      "read_bufsize": 1024 * 1024},
     )
     app[REGISTRY_KEY] = registry
     app.router.add_route("*", "/{tail:.*}", dispatch)

@@ -113,11 +113,21 @@ class UploadService:
         loop = asyncio.get_running_loop()
         writer = await self.storage.open_append(layout.upload_data(namespace, upload_id))
         buffer = bytearray()
+        # Double buffering: one chunk is written and hashed (in threads) while the next one arrives, so the
+        # socket keeps flowing. At most one flush is in flight: memory stays bounded to ~2 chunks.
+        pending: asyncio.Future[Any] | None = None
+
+        async def settle() -> None:
+            nonlocal pending
+            if pending is not None:
+                flight, pending = pending, None
+                await flight
 
         async def flush() -> None:
-            nonlocal buffer
-            data, buffer = bytes(buffer), bytearray()
-            await asyncio.gather(writer.write(data), loop.run_in_executor(None, hasher.update, data))
+            nonlocal buffer, pending
+            await settle()
+            data, buffer = buffer, bytearray()
+            pending = asyncio.gather(writer.write(data), loop.run_in_executor(None, hasher.update, data))
 
         try:
             try:
@@ -128,10 +138,12 @@ class UploadService:
             except ClientDisconnected as gone:
                 if buffer:
                     await flush()
+                await settle()
                 gone.size = writer.size
                 raise
             if buffer:
                 await flush()
+            await settle()
             if content_range is not None and writer.size - 1 != content_range.end:
                 await writer.truncate(lease.size)
                 raise errors.RangeInvalid(
@@ -139,6 +151,8 @@ class UploadService:
                     "bytes were sent", status=416, headers={"Range": range_header(lease.size)})
             return writer.size
         finally:
+            if pending is not None:  # an error mid-body: let the flush finish before the file closes
+                await asyncio.gather(pending, return_exceptions=True)
             await writer.close()
 
     async def append(self, namespace: str, upload_id: str, body: AsyncIterator[bytes] | None,

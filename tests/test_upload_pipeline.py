@@ -1,0 +1,141 @@
+"""UploadService's streaming pipeline over real fs storage and real actors (no HTTP).
+
+The body is written and hashed one chunk behind the socket (double buffering): these tests pin that the
+order of bytes, what a disconnect keeps and what a failing disk leaves behind are unchanged by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app import errors
+from app.actors.supervisor import Actors, start_actors
+from app.grammar import Digest
+from app.services.blobs import BlobService
+from app.services.uploads import ClientDisconnected, ContentRange, UploadService
+from app.storage import layout
+from app.storage.base import AppendWriter
+from app.storage.fs import FsStorage
+
+CHUNK = 4096  # the smallest streaming_chunk_size: many flushes per body
+
+
+class FailingStorage(FsStorage):
+    """Real fs storage whose append writer fails (disk full) after `allowed` successful writes."""
+
+    allowed = 1_000_000
+    writes = 0
+
+    async def open_append(self, key: str) -> AppendWriter:
+        writer = await super().open_append(key)
+        real_write = writer.write
+
+        async def write(data: Any) -> None:
+            if self.writes >= self.allowed:
+                raise OSError(28, "No space left on device")
+            self.writes += 1
+            await real_write(data)
+
+        writer.write = write  # type: ignore[method-assign]
+        return writer
+
+
+def pieces(data: bytes, sizes: tuple[int, ...] = (1, 4095, 4097, 12_000, 333)) -> list[bytes]:
+    """`data` cut into irregular pieces, smaller and larger than a chunk."""
+    out, at, i = [], 0, 0
+    while at < len(data):
+        size = sizes[i % len(sizes)]
+        out.append(data[at:at + size])
+        at += size
+        i += 1
+    return out
+
+
+async def body_of(parts: list[bytes], gone_after: int | None = None) -> AsyncIterator[bytes]:
+    for i, part in enumerate(parts):
+        if gone_after is not None and i == gone_after:
+            raise ClientDisconnected("client went away")
+        yield part
+
+
+@pytest.fixture
+def actors() -> Iterator[Actors]:
+    started = start_actors()
+    yield started
+    started.stop()
+
+
+def _service(storage: FsStorage, actors: Actors) -> UploadService:
+    return UploadService(storage, actors.uploads, actors.locks, BlobService(storage), CHUNK)
+
+
+async def test_irregular_pieces_over_many_flushes_keep_their_order(tmp_path: Path, actors: Actors) -> None:
+    storage = FsStorage(tmp_path)
+    service = _service(storage, actors)
+    data = os.urandom(300_000)
+    upload = await service.start("ns")
+    size = await service.append("ns", upload, body_of(pieces(data[:200_000])), None)
+    assert size == 200_000
+    await service.complete("ns", upload, Digest.of(data), body_of(pieces(data[200_000:])))
+    stored = (tmp_path / layout.blob_data(Digest.of(data))).read_bytes()
+    assert stored == data
+    await storage.close()
+
+
+async def test_disconnect_keeps_every_byte_received_and_the_session_resumes(
+        tmp_path: Path, actors: Actors) -> None:
+    storage = FsStorage(tmp_path)
+    service = _service(storage, actors)
+    data = os.urandom(100_000)
+    parts = pieces(data)
+    upload = await service.start("ns")
+    with pytest.raises(ClientDisconnected) as gone:
+        await service.append("ns", upload, body_of(parts, gone_after=9), None)
+    kept = sum(len(p) for p in parts[:9])
+    assert gone.value.size == kept
+    assert await service.status("ns", upload) == kept
+    assert (tmp_path / layout.upload_data("ns", upload)).read_bytes() == data[:kept]
+    await service.complete("ns", upload, Digest.of(data), body_of([data[kept:]]))
+    assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
+    await storage.close()
+
+
+async def test_disk_full_mid_body_fails_cleanly_and_the_session_rebuilds_from_disk(
+        tmp_path: Path, actors: Actors) -> None:
+    storage = FailingStorage(tmp_path)
+    storage.allowed = 3
+    service = _service(storage, actors)
+    data = os.urandom(64_000)
+    upload = await service.start("ns")
+    with pytest.raises(OSError, match="No space left"):
+        await service.append("ns", upload, body_of(pieces(data)), None)
+    on_disk = (tmp_path / layout.upload_data("ns", upload)).read_bytes()
+    # Only whole flushes that succeeded are stored, in order; nothing was written after the failure.
+    assert storage.writes == 3
+    assert on_disk == data[:len(on_disk)] and len(on_disk) >= 3 * CHUNK
+    # The session was forgotten; the next request rebuilds size and hash from the stored bytes.
+    assert await service.status("ns", upload) == len(on_disk)
+    storage.allowed = 1_000_000
+    await service.complete("ns", upload, Digest.of(data), body_of([data[len(on_disk):]]))
+    assert hashlib.sha256((tmp_path / layout.blob_data(Digest.of(data))).read_bytes()).hexdigest() \
+        == Digest.of(data).hex
+    await storage.close()
+
+
+async def test_wrong_content_range_length_is_truncated_away(tmp_path: Path, actors: Actors) -> None:
+    storage = FsStorage(tmp_path)
+    service = _service(storage, actors)
+    data = os.urandom(50_000)
+    upload = await service.start("ns")
+    with pytest.raises(errors.RangeInvalid):
+        await service.append("ns", upload, body_of(pieces(data)), ContentRange(0, 10_000))
+    assert await service.status("ns", upload) == 0
+    await service.complete("ns", upload, Digest.of(data), body_of(pieces(data)))
+    assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
+    await storage.close()
