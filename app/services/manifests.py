@@ -115,7 +115,9 @@ class ManifestService:
         key = str(digest)
         if not await self.blobs.exists(digest):
             await self.storage.put(layout.blob_data(digest), body)
-        await self.storage.put(layout.revision_media_type(namespace, digest), parsed.media_type.encode())
+        if manifest.sniff_media_type(body) != parsed.media_type:
+            # Only a body that does not say what it is needs the media type kept beside it.
+            await self.storage.put(layout.revision_media_type(namespace, digest), parsed.media_type.encode())
         await write_link(self.storage, layout.revision_link(namespace, digest), digest)
         if parsed.subject is not None:
             await write_link(self.storage, layout.referrer_link(namespace, parsed.subject, digest), digest)
@@ -125,8 +127,9 @@ class ManifestService:
 
     async def set_tag(self, namespace: str, tag: str, digest: Digest) -> None:
         """Point a tag at a committed manifest; the caller holds the tag's lock."""
-        await write_link(self.storage, layout.tag_index_link(namespace, tag, digest), digest)
-        await write_link(self.storage, layout.tag_current_link(namespace, tag), digest)
+        # Independent files (a crash may leave either alone: both states are valid): written at once.
+        await asyncio.gather(write_link(self.storage, layout.tag_index_link(namespace, tag, digest), digest),
+                             write_link(self.storage, layout.tag_current_link(namespace, tag), digest))
         self.index.tell("set_tag", namespace, tag, str(digest), time.time())
 
     async def tag_pushed_at(self, namespace: str, tag: str) -> float | None:
