@@ -139,3 +139,53 @@ async def test_wrong_content_range_length_is_truncated_away(tmp_path: Path, acto
     await service.complete("ns", upload, Digest.of(data), body_of(pieces(data)))
     assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
     await storage.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 5000, CHUNK, CHUNK + 1, 50_000])
+async def test_monolithic_put_commits_small_and_large_bodies(
+        tmp_path: Path, actors: Actors, size: int) -> None:
+    """A body within one chunk is committed from memory, a larger one streams; both leave only the blob."""
+    storage = FsStorage(tmp_path)
+    service = _service(storage, actors)
+    data = os.urandom(size)
+    upload = await service.start("ns")
+    await service.complete("ns", upload, Digest.of(data), body_of(pieces(data)))
+    assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
+    assert await service.blobs.is_linked("ns", Digest.of(data))
+    assert not (tmp_path / layout.upload_dir("ns", upload)).exists()
+    with pytest.raises(errors.BlobUploadUnknown):
+        await service.status("ns", upload)
+    await storage.close()
+
+
+@pytest.mark.parametrize("size", [1000, 50_000])
+async def test_monolithic_put_with_the_wrong_digest_stores_nothing(
+        tmp_path: Path, actors: Actors, size: int) -> None:
+    storage = FsStorage(tmp_path)
+    service = _service(storage, actors)
+    data = os.urandom(size)
+    upload = await service.start("ns")
+    with pytest.raises(errors.DigestInvalid):
+        await service.complete("ns", upload, Digest.of(b"other"), body_of(pieces(data)))
+    assert not (tmp_path / layout.blob_data(Digest.of(data))).exists()
+    assert not (tmp_path / layout.blob_data(Digest.of(b"other"))).exists()
+    with pytest.raises(errors.BlobUploadUnknown):
+        await service.status("ns", upload)
+    await storage.close()
+
+
+@pytest.mark.parametrize("gone_after", [1, 2, 12])  # within the first chunk, and beyond it
+async def test_monolithic_put_cut_off_keeps_what_arrived(
+        tmp_path: Path, actors: Actors, gone_after: int) -> None:
+    storage = FsStorage(tmp_path)
+    service = _service(storage, actors)
+    data = os.urandom(60_000)
+    parts = pieces(data)
+    upload = await service.start("ns")
+    with pytest.raises(ClientDisconnected):
+        await service.complete("ns", upload, Digest.of(data), body_of(parts, gone_after=gone_after))
+    kept = sum(len(p) for p in parts[:gone_after])
+    assert await service.status("ns", upload) == kept
+    await service.complete("ns", upload, Digest.of(data), body_of([data[kept:]]))
+    assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
+    await storage.close()

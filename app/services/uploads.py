@@ -182,26 +182,61 @@ class UploadService:
         """Append the final body, verify the digest, commit the blob and link it into the namespace."""
         lease = await self._lease(namespace, upload_id)
         try:
-            size = await self._append(namespace, upload_id, lease, lease.hasher, body, None)
-            actual = await self._digest(namespace, upload_id, lease.hasher, digest.algorithm, size)
+            whole: bytes | None = None
+            if body is not None and lease.size == 0:
+                # A monolithic PUT whose body fits in one chunk is committed straight from memory: no
+                # session file is written, appended, closed and renamed.
+                whole, body = await self._small_body(body)
+            source: str | bytes
+            if whole is not None:
+                actual = await self._hash(whole, digest.algorithm)
+                source = whole
+            else:
+                size = await self._append(namespace, upload_id, lease, lease.hasher, body, None)
+                actual = await self._digest(namespace, upload_id, lease.hasher, digest.algorithm, size)
+                source = layout.upload_data(namespace, upload_id) if size else b""
             if actual != digest.hex:
                 await self._discard(namespace, upload_id)
                 raise errors.DigestInvalid(
                     f"digest {digest} does not match the uploaded content ({digest.algorithm}:{actual})")
             async with self.locks.hold(f"blob:{digest}"):
-                if await self.blobs.exists(digest):
-                    await self.storage.delete(layout.upload_data(namespace, upload_id))
-                elif size == 0:
-                    await self.storage.put(layout.blob_data(digest), b"")
-                else:
-                    await self.storage.move(layout.upload_data(namespace, upload_id),
-                                            layout.blob_data(digest))
+                if not await self.blobs.exists(digest):  # else the session's bytes go with its folder
+                    if isinstance(source, bytes):
+                        await self.storage.put(layout.blob_data(digest), source)
+                    else:
+                        await self.storage.move(source, layout.blob_data(digest))
                 await self.blobs.link(namespace, digest)
             await self._discard(namespace, upload_id)
         finally:
             # Completed, discarded, or failed half-way: in every case the next request (if any)
             # must look at storage again.
             self.actor.tell("forget", upload_id)
+
+    async def _small_body(self, body: AsyncIterator[bytes]) -> tuple[bytes | None, AsyncIterator[bytes]]:
+        """The whole body if it ends within one chunk, else None and an iterator over all of it.
+
+        Bytes read before the client went away are replayed ahead of the disconnect, so the caller's
+        streaming path keeps them exactly as it would have.
+        """
+        buffer = bytearray()
+        stream = aiter(body)
+        try:
+            while len(buffer) <= self.chunk_size:
+                try:
+                    buffer += await anext(stream)
+                except StopAsyncIteration:
+                    return bytes(buffer), _replay(b"", stream, None)
+        except ClientDisconnected as gone:
+            return None, _replay(bytes(buffer), stream, gone)
+        return None, _replay(bytes(buffer), stream, None)
+
+    async def _hash(self, data: bytes, algorithm: str) -> str:
+        hasher = hashlib.new(algorithm)
+        if len(data) <= 64 * 1024:
+            hasher.update(data)  # cheaper than a trip to a thread
+        else:
+            await asyncio.get_running_loop().run_in_executor(None, hasher.update, data)
+        return hasher.hexdigest()
 
     async def _digest(self, namespace: str, upload_id: str, hasher: Any, algorithm: str, size: int) -> str:
         if algorithm == "sha256":
@@ -222,3 +257,14 @@ class UploadService:
         await self.actor.call("lease", namespace, upload_id)
         await self._discard(namespace, upload_id)
         self.actor.tell("forget", upload_id)
+
+
+async def _replay(prefix: bytes, rest: AsyncIterator[bytes],
+                  error: BaseException | None) -> AsyncIterator[bytes]:
+    """`prefix`, then `error` if any, else the rest of the stream."""
+    if prefix:
+        yield prefix
+    if error is not None:
+        raise error
+    async for chunk in rest:
+        yield chunk
