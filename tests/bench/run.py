@@ -144,7 +144,7 @@ def workload_list(quick: bool) -> list[Workload]:
         return max(2, int(full * k))
 
     return [
-        Workload("push monolith 1MiB c=2", 2, n(60), _push(1 * MiB), 1.0),
+        Workload("push monolith 1MiB c=2", 2, n(150), _push(1 * MiB), 1.0),
         Workload("push monolith 10MiB c=2", 2, n(24), _push(10 * MiB)),
         Workload("push monolith 100MiB c=2", 2, n(6), _push(100 * MiB), 1.0),
         Workload("push monolith 100MiB c=8", 8, n(8), _push(100 * MiB)),
@@ -169,6 +169,14 @@ async def measure(server: Server, workload: Workload) -> dict[str, Any]:
     summary = result.summary()
     summary["peak_rss_mib"] = server.peak_rss() / MiB
     return summary
+
+
+async def warm_up(server: Server) -> None:
+    """One small push and pull per server before anything is measured, so that neither pays its first
+    requests' one-time costs (lazy imports, first directories, connection setup) inside a workload."""
+    for prepare in (_push(1 * MiB), _pull([(1 * MiB, 1.0)])):
+        iteration = await prepare(server.url, 4)
+        await w.run(2, 4, iteration)
 
 
 def median_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -276,6 +284,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         memory: dict[str, Any] = {s.name: {"idle_rss_mib": s.rss() / MiB} for s in servers}
         if theirs.rss():
             memory["idle_ratio"] = ours.rss() / theirs.rss()
+        for server in servers:
+            await warm_up(server)
         selected = [wl for wl in workload_list(args.quick) if not args.only or args.only in wl.name]
         rows = []
         for workload in selected:

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import requests
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -86,14 +84,13 @@ class Server:
 
 
 def start_ours(workdir: Path, binary: str | None = None) -> Server:
+    """Zero-config `registry server` (no config file: the idle RSS the issue measures); the port and
+    the data folder come from the environment."""
     port = free_port()
-    config = workdir / "ours.toml"
-    config.write_text(f'[server]\nport = {port}\n[blob_store.fs]\nroot_dir = "{workdir / "ours-data"}"\n')
     command = [binary] if binary else [sys.executable, "-m", "app"]
-    env = {**os.environ, "REGISTRY_LOG": "warning"}
-    return Server(
-        "ours", [*command, "-c", str(config), "server"], f"http://127.0.0.1:{port}", env, REPO_ROOT
-    ).start()
+    env = {**os.environ, "REGISTRY_LOG": "warning", "REGISTRY__SERVER__PORT": str(port),
+           "REGISTRY__BLOB_STORE__FS__ROOT_DIR": str(workdir / "ours-data"), "HOME": str(workdir)}
+    return Server("ours", [*command, "server"], f"http://127.0.0.1:{port}", env, workdir).start()
 
 
 def start_distribution(workdir: Path) -> Server:
