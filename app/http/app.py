@@ -61,8 +61,9 @@ def build_app(registry: Registry) -> web.Application:
         ],
         client_max_size=config.global_.max_manifest_size,
         handler_args={"max_field_size": 16 * 1024, "max_line_size": 16 * 1024,
-                      # A deeper socket buffer keeps large uploads flowing while a chunk is flushed.
-                      "read_bufsize": 1024 * 1024},
+                      # A deeper socket buffer keeps large uploads flowing while a chunk is flushed;
+                      # 1 MiB was 5% faster for one stream but cost +40 MiB peak RSS at 8 streams.
+                      "read_bufsize": 512 * 1024},
     )
     app[REGISTRY_KEY] = registry
     app.router.add_route("*", "/{tail:.*}", dispatch)
