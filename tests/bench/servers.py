@@ -63,12 +63,26 @@ class Server:
                 self.process.kill()
                 self.process.wait()
 
-    def _status(self, field: str) -> int:
+    def _pids(self) -> list[int]:
+        """The server and its descendants: a one-file executable runs the registry in a child of its
+        bootloader, so both count."""
         assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        return 0
+        pids, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return pids
+
+    def _status(self, field: str) -> int:
+        total = 0
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1]) * 1024
+        return total
 
     def rss(self) -> int:
         return self._status("VmRSS")
@@ -78,9 +92,9 @@ class Server:
 
     def reset_peak(self) -> None:
         """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
-        assert self.process is not None
-        with contextlib.suppress(OSError):
-            Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+        for pid in self._pids():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def start_ours(workdir: Path, binary: str | None = None) -> Server:
