@@ -17,6 +17,7 @@ from aiohttp import web
 from app.config import Config, ConfigError, default_config_files
 from app.context import Registry, build_registry
 from app.http.app import build_app
+from app.memory import trimming
 
 if TYPE_CHECKING:
     from app.actors.config_watcher import ApplyReload
@@ -75,7 +76,8 @@ async def serve(config: Config, ready: asyncio.Event | None = None, files: list[
                 loop.add_signal_handler(sig, stop.set)
         if ready is not None:
             ready.set()
-        await stop.wait()
+        async with trimming():  # free heap goes back to the OS after upload bursts
+            await stop.wait()
         log.info("stopping: draining in-flight requests")
     finally:
         await runner.cleanup()
