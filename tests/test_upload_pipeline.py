@@ -75,9 +75,15 @@ def _service(storage: FsStorage, actors: Actors) -> UploadService:
     return UploadService(storage, actors.uploads, actors.locks, BlobService(storage), CHUNK)
 
 
-async def test_irregular_pieces_over_many_flushes_keep_their_order(tmp_path: Path, actors: Actors) -> None:
+@pytest.fixture
+async def service(tmp_path: Path, actors: Actors) -> AsyncIterator[UploadService]:
+    """An UploadService over real fs storage in tmp_path, its storage closed whatever the test did."""
     storage = FsStorage(tmp_path)
-    service = _service(storage, actors)
+    yield _service(storage, actors)
+
+
+async def test_irregular_pieces_over_many_flushes_keep_their_order(
+        tmp_path: Path, service: UploadService) -> None:
     data = os.urandom(300_000)
     upload = await service.start("ns")
     size = await service.append("ns", upload, body_of(pieces(data[:200_000])), None)
@@ -85,13 +91,10 @@ async def test_irregular_pieces_over_many_flushes_keep_their_order(tmp_path: Pat
     await service.complete("ns", upload, Digest.of(data), body_of(pieces(data[200_000:])))
     stored = (tmp_path / layout.blob_data(Digest.of(data))).read_bytes()
     assert stored == data
-    await storage.close()
 
 
 async def test_disconnect_keeps_every_byte_received_and_the_session_resumes(
-        tmp_path: Path, actors: Actors) -> None:
-    storage = FsStorage(tmp_path)
-    service = _service(storage, actors)
+        tmp_path: Path, service: UploadService) -> None:
     data = os.urandom(100_000)
     parts = pieces(data)
     upload = await service.start("ns")
@@ -103,7 +106,6 @@ async def test_disconnect_keeps_every_byte_received_and_the_session_resumes(
     assert (tmp_path / layout.upload_data("ns", upload)).read_bytes() == data[:kept]
     await service.complete("ns", upload, Digest.of(data), body_of([data[kept:]]))
     assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
-    await storage.close()
 
 
 async def test_disk_full_mid_body_fails_cleanly_and_the_session_rebuilds_from_disk(
@@ -128,9 +130,7 @@ async def test_disk_full_mid_body_fails_cleanly_and_the_session_rebuilds_from_di
     await storage.close()
 
 
-async def test_wrong_content_range_length_is_truncated_away(tmp_path: Path, actors: Actors) -> None:
-    storage = FsStorage(tmp_path)
-    service = _service(storage, actors)
+async def test_wrong_content_range_length_is_truncated_away(tmp_path: Path, service: UploadService) -> None:
     data = os.urandom(50_000)
     upload = await service.start("ns")
     with pytest.raises(errors.RangeInvalid):
@@ -138,15 +138,12 @@ async def test_wrong_content_range_length_is_truncated_away(tmp_path: Path, acto
     assert await service.status("ns", upload) == 0
     await service.complete("ns", upload, Digest.of(data), body_of(pieces(data)))
     assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
-    await storage.close()
 
 
 @pytest.mark.parametrize("size", [0, 1, 5000, CHUNK, CHUNK + 1, 50_000])
 async def test_monolithic_put_commits_small_and_large_bodies(
-        tmp_path: Path, actors: Actors, size: int) -> None:
+        tmp_path: Path, service: UploadService, size: int) -> None:
     """A body within one chunk is committed from memory, a larger one streams; both leave only the blob."""
-    storage = FsStorage(tmp_path)
-    service = _service(storage, actors)
     data = os.urandom(size)
     upload = await service.start("ns")
     await service.complete("ns", upload, Digest.of(data), body_of(pieces(data)))
@@ -155,14 +152,11 @@ async def test_monolithic_put_commits_small_and_large_bodies(
     assert not (tmp_path / layout.upload_dir("ns", upload)).exists()
     with pytest.raises(errors.BlobUploadUnknown):
         await service.status("ns", upload)
-    await storage.close()
 
 
 @pytest.mark.parametrize("size", [1000, 50_000])
 async def test_monolithic_put_with_the_wrong_digest_stores_nothing(
-        tmp_path: Path, actors: Actors, size: int) -> None:
-    storage = FsStorage(tmp_path)
-    service = _service(storage, actors)
+        tmp_path: Path, service: UploadService, size: int) -> None:
     data = os.urandom(size)
     upload = await service.start("ns")
     with pytest.raises(errors.DigestInvalid):
@@ -171,14 +165,11 @@ async def test_monolithic_put_with_the_wrong_digest_stores_nothing(
     assert not (tmp_path / layout.blob_data(Digest.of(b"other"))).exists()
     with pytest.raises(errors.BlobUploadUnknown):
         await service.status("ns", upload)
-    await storage.close()
 
 
 @pytest.mark.parametrize("gone_after", [1, 2, 12])  # within the first chunk, and beyond it
 async def test_monolithic_put_cut_off_keeps_what_arrived(
-        tmp_path: Path, actors: Actors, gone_after: int) -> None:
-    storage = FsStorage(tmp_path)
-    service = _service(storage, actors)
+        tmp_path: Path, service: UploadService, gone_after: int) -> None:
     data = os.urandom(60_000)
     parts = pieces(data)
     upload = await service.start("ns")
@@ -188,4 +179,3 @@ async def test_monolithic_put_cut_off_keeps_what_arrived(
     assert await service.status("ns", upload) == kept
     await service.complete("ns", upload, Digest.of(data), body_of([data[kept:]]))
     assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
-    await storage.close()
