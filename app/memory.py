@@ -4,7 +4,8 @@ Uploads and downloads use ~1 MiB buffers. Once glibc has freed one such buffer i
 threshold and serves later ones from its heaps, where freed space in the middle is kept, not returned:
 after 8 concurrent 100 MiB pushes a server can sit at 78 MiB instead of its 54 MiB idle for good.
 `malloc_trim(0)` returns those free pages. A cheap periodic check (one read of /proc/self/statm) calls
-it in a worker thread whenever the resident size has grown past a slack above the last trimmed size.
+it in a worker thread when the resident size is 16 MiB above the lowest seen and has moved since the
+last trim.
 Elsewhere (macOS, Windows, musl) this does nothing.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +32,8 @@ def resident_bytes() -> int | None:
         return None
 
 
-def glibc_trim() -> Callable[[], int] | None:
+@functools.cache
+def glibc_trim() -> Callable[[], object] | None:
     """glibc's malloc_trim(0), or None when the C library is not glibc."""
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):
@@ -46,11 +49,7 @@ def glibc_trim() -> Callable[[], int] | None:
     trim = libc.malloc_trim
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-
-    def run() -> int:
-        return int(trim(0))
-
-    return run
+    return functools.partial(trim, 0)
 
 
 class HeapTrimmer:
@@ -61,8 +60,6 @@ class HeapTrimmer:
         self.slack = slack
         self.floor = resident_bytes()
         self.last: int | None = None  # the RSS right after the last trim
-        self._trim: Callable[[], int] | None = None
-        self._loaded = False
 
     def due(self) -> bool:
         now = resident_bytes()
@@ -74,11 +71,10 @@ class HeapTrimmer:
 
     def trim(self) -> int:
         """Trim now (blocking: call it from a worker thread); returns the bytes given back."""
-        if not self._loaded:
-            self._trim, self._loaded = glibc_trim(), True
+        trim = glibc_trim()
         before = resident_bytes() or 0
-        if self._trim is not None:
-            self._trim()
+        if trim is not None:
+            trim()
         after = resident_bytes() or 0
         self.last = after
         return max(0, before - after)

@@ -225,7 +225,7 @@ class UploadService:
                 try:
                     buffer += await anext(stream)
                 except StopAsyncIteration:
-                    return bytes(buffer), _replay(b"", stream, None)
+                    return bytes(buffer), stream
         except ClientDisconnected as gone:
             return None, _replay(bytes(buffer), stream, gone)
         return None, _replay(bytes(buffer), stream, None)
