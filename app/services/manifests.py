@@ -127,9 +127,10 @@ class ManifestService:
 
     async def set_tag(self, namespace: str, tag: str, digest: Digest) -> None:
         """Point a tag at a committed manifest; the caller holds the tag's lock."""
-        # Independent files (a crash may leave either alone: both states are valid): written at once.
-        await asyncio.gather(write_link(self.storage, layout.tag_index_link(namespace, tag, digest), digest),
-                             write_link(self.storage, layout.tag_current_link(namespace, tag), digest))
+        # The index entry first: a current link must never name a digest missing from the tag's index
+        # (a kill between the two leaves only an index entry, which is harmless).
+        await write_link(self.storage, layout.tag_index_link(namespace, tag, digest), digest)
+        await write_link(self.storage, layout.tag_current_link(namespace, tag), digest)
         self.index.tell("set_tag", namespace, tag, str(digest), time.time())
 
     async def tag_pushed_at(self, namespace: str, tag: str) -> float | None:
