@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pykka
 import pytest
 
 from tests.helpers import auth
+from tests.helpers.daemons import Containerd, Ctr, DockerClient, Dockerd
 from tests.helpers.server import RegistryProcess
 
 
@@ -43,6 +45,38 @@ def shared_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
     server = auth.log_in(RegistryProcess(workdir, auth.with_auth(""))).start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def containerd_daemon() -> Iterator[Containerd]:
+    """One private containerd for the session (each xdist worker its own), started on first use."""
+    daemon = Containerd().start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_daemon(containerd_daemon: Containerd) -> Iterator[Dockerd]:
+    """One private dockerd (vfs, no bridge) on the session's containerd, started on first use."""
+    daemon = Dockerd(containerd_daemon).start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def docker_client(docker_daemon: Dockerd, tmp_path: Path) -> Iterator[DockerClient]:
+    """The docker CLI with a fresh DOCKER_CONFIG; the daemon's images are all removed afterwards."""
+    client = DockerClient(docker_daemon, tmp_path / "docker-config")
+    yield client
+    client.remove_all_images()
+
+
+@pytest.fixture
+def ctr(containerd_daemon: Containerd) -> Iterator[Ctr]:
+    """`ctr` in a namespace of this test's own, emptied and removed afterwards."""
+    client = Ctr(containerd_daemon, f"test-{uuid.uuid4().hex[:12]}")
+    yield client
+    client.cleanup()
 
 
 @pytest.fixture(autouse=True)

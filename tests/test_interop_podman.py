@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -17,46 +16,8 @@ import pytest
 
 from tests.helpers.interop import copy
 from tests.helpers.oci import OCI_MANIFEST, digest_of, layer_tar, make_image, write_oci_layout
+from tests.helpers.podman import Podman
 from tests.helpers.server import RegistryProcess
-from tests.helpers.tools import require_tool
-
-
-class Podman:
-    """`podman` with vfs storage, cgroupfs, file events and registries.conf all under one tmp folder."""
-
-    def __init__(self, home: Path, runroot: Path, registry_host: str) -> None:
-        self.binary = require_tool("podman")
-        self.home = home
-        self.runroot = runroot  # podman refuses a runroot longer than 50 characters
-        for sub in ("root", "tmp", "xdg", "networks"):
-            (home / sub).mkdir(parents=True, exist_ok=True)
-        (home / "registries.conf").write_text(
-            'unqualified-search-registries = []\n\n'
-            f'[[registry]]\nlocation = "{registry_host}"\ninsecure = true\n')
-        (home / "storage.conf").write_text(
-            f'[storage]\ndriver = "vfs"\nrunroot = "{runroot}"\ngraphroot = "{home / "root"}"\n')
-        (home / "containers.conf").write_text(
-            '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
-            f'events_logfile_path = "{home / "events.log"}"\n\n'
-            # netavark would create /run/containers/networks whatever --network-config-dir says
-            '[network]\nnetwork_backend = "cni"\n')
-        self.env = {**os.environ,
-                    "CONTAINERS_REGISTRIES_CONF": str(home / "registries.conf"),
-                    "CONTAINERS_STORAGE_CONF": str(home / "storage.conf"),
-                    "CONTAINERS_CONF": str(home / "containers.conf"),
-                    "XDG_RUNTIME_DIR": str(home / "xdg"),
-                    "TMPDIR": str(home / "tmp")}
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [self.binary, "--storage-driver", "vfs", "--root", str(self.home / "root"),
-                   "--runroot", str(self.runroot), "--tmpdir", str(self.home / "tmp"),
-                   "--cgroup-manager=cgroupfs", "--events-backend=file",
-                   "--network-config-dir", str(self.home / "networks"), *args]
-        result = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=120,
-                                check=False)
-        if check:
-            assert result.returncode == 0, f"podman {' '.join(args)} failed:\n{result.stderr}"
-        return result
 
 
 @pytest.fixture

@@ -12,6 +12,10 @@ INSTALL_HINTS = {
     "umoci": "apt-get install -y umoci",
     "docker-registry": "apt-get install -y docker-registry",
     "redis-server": "apt-get install -y redis-server",
+    "containerd": "apt-get install -y containerd",
+    "ctr": "apt-get install -y containerd",
+    "dockerd": "apt-get install -y docker.io",
+    "docker": "apt-get install -y docker.io",
 }
 
 
