@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from app.grammar import NAME_RE
+from app.registry_hosts import parse_host
 from app.units import ByteSize, Duration
 
 APP_NAME = "registry"
@@ -222,8 +223,9 @@ class AuthConfig(Section):
     webhook: dict[str, WebhookConfig] = {}
 
 
-class UpstreamConfig(Section):
-    url: str
+class UpstreamSettings(Section):
+    """What an upstream registry takes besides its URL (`upstream` entries and `mirror_hosts` tables)."""
+
     max_redirect: int = 5
     server_ca_bundle: Path | None = None
     client_certificate: Path | None = None
@@ -233,6 +235,26 @@ class UpstreamConfig(Section):
     connect_timeout: Duration = 30.0
     read_timeout: Duration = 300.0
     manifest_check_interval: Duration = 60.0
+    # Some registries only serve clients they recognise (e.g. "containerd/1.6.8").
+    user_agent: str | None = None
+
+    @field_validator("user_agent")
+    @classmethod
+    def _header_value(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)):
+            raise ValueError("must be a non-empty header value without control characters")
+        return value
+
+
+class UpstreamConfig(UpstreamSettings):
+    url: str
+
+
+class MirrorHostConfig(UpstreamSettings):
+    """One registry host of a `mirror_any_registry` repository; `url` defaults to `https://<host>`
+    (Docker Hub's `https://registry-1.docker.io` for docker.io)."""
+
+    url: str | None = None
 
 
 class RepositoryConfig(Section):
@@ -243,8 +265,40 @@ class RepositoryConfig(Section):
     authorization_webhook: str | None = None
     namespace: str | None = None
     upstream: list[UpstreamConfig] = []
+    # `<prefix>/<host>/<image>` is `<image>` at `<host>` (`host:port` written `host__port`), for any host.
+    mirror_any_registry: bool = False
+    mirror_hosts: dict[str, MirrorHostConfig] = {}
 
     _exclusions = field_validator("immutable_tags_exclusions")(_regexes)
+
+    @field_validator("mirror_hosts")
+    @classmethod
+    def _canonical_hosts(cls, value: dict[str, MirrorHostConfig]) -> dict[str, MirrorHostConfig]:
+        """Keys as requests name them (`host:port`, lower case, Docker Hub's aliases as `docker.io`)."""
+        canonical: dict[str, MirrorHostConfig] = {}
+        for key, host in value.items():
+            name = parse_host(key)
+            if name in canonical:
+                raise ValueError(f"{key!r} names the same registry host as another key ({name})")
+            canonical[name] = host
+        return canonical
+
+    @model_validator(mode="after")
+    def _one_mirror_mode(self) -> RepositoryConfig:
+        if self.mirror_any_registry and self.upstream:
+            raise ValueError("`mirror_any_registry` and `upstream` are mutually exclusive: a repository "
+                             "either mirrors the registries its upstream entries name, or any registry")
+        if self.mirror_any_registry and self.namespace is not None:
+            raise ValueError("`namespace` does not apply with `mirror_any_registry`: every containerd "
+                             "`?ns=<host>` no other repository claims is served as <prefix>/<host>/...")
+        if self.mirror_hosts and not self.mirror_any_registry:
+            raise ValueError("`mirror_hosts` needs `mirror_any_registry = true`")
+        return self
+
+    @property
+    def pulls_through(self) -> bool:
+        """A read-only cache of other registries (configured upstreams, or any registry)."""
+        return bool(self.upstream) or self.mirror_any_registry
 
 
 class TracingConfig(Section):
@@ -440,6 +494,52 @@ def _environment_overrides() -> dict[str, Any]:
     return result
 
 
+UPSTREAM_CREDENTIALS_ENV = "REGISTRY_UPSTREAM_CREDENTIALS"
+_CREDENTIALS_SHAPE = '{"<host>": {"username": "...", "password": "..."}}'
+
+
+def _upstream_credentials() -> dict[str, tuple[str, str]]:
+    """`REGISTRY_UPSTREAM_CREDENTIALS`: credentials per registry host for mirror-any-registry
+    repositories, kept out of configuration files. Errors never quote the value (it holds secrets)."""
+    raw = os.environ.get(UPSTREAM_CREDENTIALS_ENV)
+    if raw is None or not raw.strip():
+        return {}
+    where = f"environment variable {UPSTREAM_CREDENTIALS_ENV}"
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        reason = getattr(exc, "msg", "invalid JSON")
+        raise ConfigError(f"{where}: not valid JSON ({reason}); expected {_CREDENTIALS_SHAPE}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object {_CREDENTIALS_SHAPE}")
+    credentials: dict[str, tuple[str, str]] = {}
+    for key, entry in data.items():
+        try:
+            host = parse_host(key)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if (not isinstance(entry, dict) or set(entry) != {"username", "password"}
+                or not all(isinstance(v, str) for v in entry.values())):
+            raise ConfigError(f"{where}: the entry for {host} must be "
+                              '{"username": "<string>", "password": "<string>"} and nothing else')
+        if host in credentials:
+            raise ConfigError(f"{where}: {host} is named twice")
+        credentials[host] = (entry["username"], entry["password"])
+    return credentials
+
+
+def _apply_upstream_credentials(config: Config, credentials: dict[str, tuple[str, str]]) -> None:
+    """The environment's credentials win over the file's for their host, in every mirror-any-registry
+    repository (other repositories name their upstreams' credentials explicitly)."""
+    for repository in config.repository.values():
+        if not repository.mirror_any_registry:
+            continue
+        for host, (username, password) in credentials.items():
+            settings = repository.mirror_hosts.get(host) or MirrorHostConfig()
+            repository.mirror_hosts[host] = settings.model_copy(
+                update={"username": username, "password": password})
+
+
 def load(files: list[Path] | None = None) -> Config:
     """Load, merge and validate; raise ConfigError naming the file, key path and reason."""
     files = default_config_files() if files is None else files
@@ -461,8 +561,9 @@ def load(files: list[Path] | None = None) -> Config:
         _resolve_paths(raw, Path(os.path.abspath(file)).parent)
         _merge(merged, raw, origin, str(file))
     _merge(merged, _normalize_aliases(_environment_overrides()), origin, "environment")
+    credentials = _upstream_credentials()
     try:
-        return Config(**merged)
+        config = Config(**merged)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -472,6 +573,8 @@ def load(files: list[Path] | None = None) -> Config:
                 reason = f"unknown key `{key.rsplit('.', 1)[-1]}`"
             lines.append(f"{source}: {key}: {reason}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    _apply_upstream_credentials(config, credentials)
+    return config
 
 
 def redacted(config: Config) -> dict[str, Any]:

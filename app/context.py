@@ -60,7 +60,7 @@ class Registry:
 
     def _prepare_pull_through(self, config: Config) -> None:
         """Build the pull-through services the first time a configuration has upstreams."""
-        if self.pull_through is not None or not any(r.upstream for r in config.repository.values()):
+        if self.pull_through is not None or not any(r.pulls_through for r in config.repository.values()):
             return
         from app.services.pull_through import PullThrough
 

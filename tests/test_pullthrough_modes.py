@@ -148,7 +148,7 @@ def test_containerd_ns_and_crio_path_requests_route_to_the_repository(
     response = cache.get("/v2/docker.io/library/alpine/manifests/3.19?ns=docker.io",
                          headers={"Accept": ACCEPT})
     assert response.status_code == 200 and response.content == image.manifest
-    # An `ns` no repository mirrors is ignored: the name is taken as it is (and is unknown here).
+    # An `ns` no repository mirrors is a 404 (containerd falls back; tests/test_pullthrough_mirrors.py).
     assert cache.get("/v2/library/alpine/manifests/3.19?ns=quay.io").status_code == 404
     tags = cache.get("/v2/library/alpine/tags/list?ns=docker.io").json()
     assert tags == {"name": "docker.io/library/alpine", "tags": ["3.19"]}

@@ -26,6 +26,8 @@ class FlightError:
     status: int
     code: str
     message: str
+    # Headers the answer carries (an upstream's rate limit passes its `Retry-After` on to the client).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from aiohttp.typedefs import Middleware
 from app import errors
 from app.context import Registry
 from app.http import access, router
+from app.http.mirrors import mirror_route
 from app.http.responses import API_VERSION_HEADER, error_response
 from app.services.uploads import ClientDisconnected
 from app.storage import StorageError
-from app.upstream.routing import mirror_route
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 access_log = logging.getLogger("registry.access")
@@ -110,8 +110,8 @@ def timeout_middleware(seconds: float) -> Middleware:
 async def route_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Route once (on the raw path), then authenticate and authorize before any handler runs."""
     route = router.resolve(request.method, request.raw_path, mount="mount" in request.query)
-    # containerd's `?ns=<host>`: the repository mirroring that host serves it (app/upstream/routing.py).
-    route = mirror_route(route, request.query.get("ns"), request.app[REGISTRY_KEY].config.repository)
+    # containerd's `?ns=<host>`: the repository mirroring that host serves it (app/http/mirrors.py).
+    route = mirror_route(route, request, request.app[REGISTRY_KEY].config.repository)
     request[ROUTE_KEY] = route
     await access.check(request, route, request.app[REGISTRY_KEY])
     return await handler(request)

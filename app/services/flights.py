@@ -40,7 +40,7 @@ class _Signal:
 
 def error_of(exc: BaseException) -> FlightError:
     if isinstance(exc, errors.RegistryError):
-        return FlightError(exc.status, exc.code, exc.message)
+        return FlightError(exc.status, exc.code, exc.message, tuple(exc.headers.items()))
     if isinstance(exc, asyncio.CancelledError):
         return FlightError(503, "UNAVAILABLE", "the fetch was cancelled (server shutting down)")
     return FlightError(502, "UNAVAILABLE", f"upstream fetch failed: {type(exc).__name__}: {exc}")
@@ -48,7 +48,7 @@ def error_of(exc: BaseException) -> FlightError:
 
 def raise_error(error: FlightError | None) -> None:
     error = error or FlightError(502, "UNAVAILABLE", "upstream fetch failed")
-    exc = errors.RegistryError(error.message, status=error.status)
+    exc = errors.RegistryError(error.message, status=error.status, headers=dict(error.headers))
     exc.code = error.code
     raise exc
 

@@ -105,8 +105,7 @@ class PullThroughManifests:
             fetched_at = float((await self.storage.get(layout.tag_fetched_at(namespace, tag))).decode())
         except (FileNotFoundError, NotADirectoryError, ValueError):
             return False
-        interval = self.mirror.upstreams[0].manifest_check_interval
-        return 0 <= time.time() - fetched_at < interval
+        return 0 <= time.time() - fetched_at < self.mirror.check_interval
 
     async def _refresh(self, namespace: str, tag: str, cached: Digest | None) -> None:
         """Make the cached tag current: HEAD upstream, fetch when it moved; stale-if-error."""
@@ -223,6 +222,7 @@ class PullThroughManifests:
                     async with client.open("GET", name, "tags/list?" + link) as page_:
                         link = await self._read_tags(client, page_, tags, what)
                 except UpstreamFailure as failure:  # the next pages come from the same upstream
+                    self.mirror.pool.failed(client, failure)
                     metrics.upstream_error(self.mirror.prefix)
                     raise UpstreamUnavailable.from_failures(what, [failure]) from None
         return tags

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,16 +24,18 @@ from yarl import URL
 from app.cache import CacheStore
 from app.config import UpstreamConfig
 from app.manifest import ACCEPT_ALL
-from app.upstream import auth
-from app.upstream.errors import UpstreamFailure
+from app.upstream import auth, ratelimit
+from app.upstream.errors import UpstreamFailure, UpstreamRateLimited
 
 log = logging.getLogger("registry.upstream")
 
 # Every manifest type we can store and serve (schema1 is refused by the manifest validation anyway).
 MANIFEST_ACCEPT = ACCEPT_ALL
 _REDIRECTS = {301, 302, 303, 307, 308}
-# Upstream answers that mean "this upstream cannot serve us now": the next one is tried.
-_FAILOVER_STATUSES = {401, 403, 429}
+# Upstream answers that mean "this upstream cannot serve us now": the next one is tried. 429 too, and
+# its `Retry-After` keeps the upstream out of the rotation for a while (app/upstream/ratelimit.py).
+_FAILOVER_STATUSES = {401, 403}
+_RATE_LIMITED = 429
 _TOKEN_BODY_LIMIT = 1024 * 1024
 USER_AGENT = "simple-registry-pull-through"
 
@@ -86,7 +89,7 @@ class UpstreamClient:
             connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=64)
             self._session = aiohttp.ClientSession(
                 timeout=timeout, connector=connector, auto_decompress=False,
-                headers={"User-Agent": USER_AGENT})
+                headers={"User-Agent": config.user_agent or USER_AGENT})
         return self._session
 
     async def close(self) -> None:
@@ -101,6 +104,11 @@ class UpstreamClient:
             await self.close()
 
     # --- requests -------------------------------------------------------------------------------
+    @property
+    def rate_limit_key(self) -> str:
+        """Rate limits are per registry and account: a reload that changes a timeout keeps the window."""
+        return f"{self.name}\n{self.config.username or ''}"
+
     def remote_name(self, name: str) -> str:
         """The repository name upstream: `name`, below the URL's own `/v2/<path>` when it has one."""
         return f"{self._name_prefix}/{name}" if self._name_prefix else name
@@ -124,6 +132,8 @@ class UpstreamClient:
                     if retry is not None:
                         response.release()
                         response = await self._send(method, url, headers, retry)
+                if response.status == _RATE_LIMITED:
+                    raise self._rate_limited(f"{method} {url.path}", response)
                 if response.status >= 500 or response.status in _FAILOVER_STATUSES:
                     reason = f"{method} {url.path} answered {response.status} {response.reason or ''}".strip()
                     if response.status in (401, 403):
@@ -137,6 +147,13 @@ class UpstreamClient:
             self._active -= 1
             if self._retired and self._active == 0:
                 await self.close()
+
+    def _rate_limited(self, what: str, response: aiohttp.ClientResponse) -> UpstreamRateLimited:
+        wait = ratelimit.parse_retry_after(response.headers.get("Retry-After"))
+        reason = f"{what} answered 429 {response.reason or 'Too Many Requests'}: it is rate-limiting us"
+        if wait is not None:
+            reason += f" (Retry-After {math.ceil(wait)} s)"
+        return UpstreamRateLimited(self.name, reason, wait)
 
     async def _send(self, method: str, url: URL, headers: dict[str, str],
                     authorization: str | None) -> aiohttp.ClientResponse:
@@ -216,6 +233,8 @@ class UpstreamClient:
             async with self.session().get(realm_url, params=params, headers=headers,
                                           allow_redirects=True, max_redirects=self.config.max_redirect) as r:
                 body = await r.content.read(_TOKEN_BODY_LIMIT)
+                if r.status == _RATE_LIMITED:  # Docker Hub limits token requests too
+                    raise self._rate_limited(f"token endpoint {realm_url.host}", r)
                 if r.status != 200:
                     raise UpstreamFailure(self.name, f"token endpoint {realm_url.host} answered {r.status}")
         except TimeoutError as exc:

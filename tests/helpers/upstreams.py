@@ -212,7 +212,9 @@ class Proxy(BackgroundApp):
     corrupted on the way (same length, wrong content). `redirect_blobs_to`: answer blob GETs with a
     307 to that base URL (a CDN), keeping the query. `fail_with`: answer everything with this status.
     `stall_after`: go silent for `stall_seconds` once that many bytes of a blob body were sent.
-    `seen_authorization`: the Authorization header of every request, by path.
+    `rate_limit`: answer everything with Docker Hub's 429 TOOMANYREQUESTS and this `Retry-After` value
+    (`""`: no header); None forwards. `seen_authorization`: the Authorization header of every request,
+    by path; `seen_user_agents`: the User-Agent of every request, in order.
     """
 
     def __init__(self, target: str, throttle: float | None = None, lie_about: set[str] | None = None,
@@ -225,8 +227,10 @@ class Proxy(BackgroundApp):
         self.redirect_blobs_to = redirect_blobs_to
         self.fail_with = fail_with
         self.stall_after, self.stall_seconds = stall_after, stall_seconds
+        self.rate_limit: str | None = None
         self.counts: Counter[tuple[str, str]] = Counter()
         self.seen_authorization: dict[str, list[str | None]] = {}
+        self.seen_user_agents: list[str | None] = []
         self.bytes_sent = 0
         self.finished_at: dict[str, float] = {}  # path -> when its body was completely sent
         self._session: aiohttp.ClientSession | None = None
@@ -246,6 +250,12 @@ class Proxy(BackgroundApp):
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         self.counts[(request.method, request.path)] += 1
         self.seen_authorization.setdefault(request.path, []).append(request.headers.get("Authorization"))
+        self.seen_user_agents.append(request.headers.get("User-Agent"))
+        if self.rate_limit is not None:
+            headers = {"Retry-After": self.rate_limit} if self.rate_limit else {}
+            return web.json_response({"errors": [{"code": "TOOMANYREQUESTS", "message": (
+                "You have reached your pull rate limit. You may increase the limit by authenticating "
+                "and upgrading: https://www.docker.com/increase-rate-limit")}]}, status=429, headers=headers)
         if self.fail_with is not None:
             return web.json_response({"errors": [{"code": "UNAVAILABLE", "message": "broken"}]},
                                      status=self.fail_with)
