@@ -31,7 +31,7 @@ REQUEST_FIELDS = frozenset({"action", "namespace", "digest", "reference", "uuid"
                             "artifact_type", "from"})
 CACHEABLE_REQUEST_FIELDS = frozenset({"action", "namespace"})
 IDENTITY_FIELDS: dict[str, frozenset[str] | None] = {
-    "id": None, "username": None, "client_ip": None,
+    "id": None, "username": None, "client_ip": None, "groups": None,
     "certificate": frozenset({"common_names", "organizations"}),
     "oidc": frozenset({"provider_name", "claims"}),
 }

@@ -156,6 +156,7 @@ class CacheConfig(Section):
 class IdentityConfig(Section):
     username: str
     password: str
+    groups: list[str] = []
 
     @field_validator("password")
     @classmethod
@@ -178,6 +179,8 @@ class OIDCConfig(Section):
     required_audience: str | None = None
     clock_skew_tolerance: Duration = 60.0
     allowed_algorithms: list[str] = ["RS256", "ES256"]
+    # The claim whose value (a string or a list of strings) gives `identity.groups`.
+    groups_claim: str | None = None
 
     @model_validator(mode="after")
     def _usable(self) -> OIDCConfig:
@@ -217,10 +220,54 @@ class WebhookConfig(Section):
         return self
 
 
+class TokenConfig(Section):
+    """The built-in token service (Docker registry token authentication, SPEC 5.1)."""
+
+    # None: on whenever identities or OIDC providers are configured. False keeps plain Basic challenges.
+    enabled: bool | None = None
+    # Absolute URL of the token endpoint; by default `<scheme>://<host>/token` of each request.
+    realm: str | None = None
+    service: str = "simple-registry"
+    issuer: str = "simple-registry"
+    expires_in: Duration = Field(300.0, ge=60.0)
+    refresh_token_expires_in: Duration = Field(30 * 86400.0, ge=60.0)
+    # PEM private key (EC P-256 → ES256, RSA → RS256). None: one generated once and kept in the store.
+    key_file: Path | None = None
+
+    @field_validator("realm")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or '"' in value:
+            raise ValueError(f"{value!r} is not an absolute http(s) URL")
+        return value
+
+    @field_validator("service", "issuer")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        if not value or '"' in value or "\\" in value or any(ord(c) < 0x20 for c in value):
+            raise ValueError("must be a non-empty string without quotes, backslashes or control characters")
+        return value
+
+
 class AuthConfig(Section):
     identity: dict[str, IdentityConfig] = {}
     oidc: dict[str, OIDCConfig] = {}
     webhook: dict[str, WebhookConfig] = {}
+    token: TokenConfig = Field(default_factory=TokenConfig)
+    # Identity ids every access policy allows everything (`registry server --admin` adds `admin`).
+    superusers: list[str] = []
+
+    @property
+    def token_service(self) -> bool:
+        """Whether the token service issues tokens and registry endpoints challenge with Bearer."""
+        if self.token.enabled is not None:
+            return self.token.enabled
+        return bool(self.identity or self.oidc)
 
 
 class UpstreamSettings(Section):
@@ -370,6 +417,9 @@ class Config(BaseSettings):
         for where, name in names:
             if name and name not in self.auth.webhook:
                 raise ValueError(f"{where}.authorization_webhook: no [auth.webhook.{name}] is configured")
+        for superuser in self.auth.superusers:
+            if superuser not in self.auth.identity:
+                raise ValueError(f"auth.superusers: no [auth.identity.{superuser}] is configured")
         owners: dict[str, str] = {}
         for identity_id, identity in self.auth.identity.items():
             if identity.username in owners:
@@ -452,7 +502,20 @@ def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
 _PATH_KEYS = frozenset({
     "root_dir", "server_certificate_bundle", "server_private_key", "client_ca_bundle",
     "client_certificate_bundle", "client_private_key", "server_ca_bundle", "client_certificate",
+    "key_file",
 })
+
+
+def config_files(paths: list[Path]) -> list[Path]:
+    """The files to load: each file as it is, each folder as its `*.toml` files in name order (so
+    identities, policies and mirrors can live in files of their own, e.g. a mounted ConfigMap)."""
+    files: list[Path] = []
+    for path in paths:
+        if Path(path).is_dir():
+            files.extend(sorted((p for p in Path(path).glob("*.toml") if p.is_file()), key=lambda p: p.name))
+        else:
+            files.append(Path(path))
+    return files
 
 
 def default_config_files() -> list[Path]:
@@ -542,7 +605,7 @@ def _apply_upstream_credentials(config: Config, credentials: dict[str, tuple[str
 
 def load(files: list[Path] | None = None) -> Config:
     """Load, merge and validate; raise ConfigError naming the file, key path and reason."""
-    files = default_config_files() if files is None else files
+    files = default_config_files() if files is None else config_files(files)
     merged: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
     for file in files:

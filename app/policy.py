@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from app import errors
-from app.auth.chain import challenge
 from app.auth.identity import Identity
+from app.auth.scopes import POLICY_ACTIONS, REGISTRY, TOKEN_ACTIONS, Scope
 from app.config import Config
 from app.repositories import RepositoryMap
 from app.ttlcache import TTLCache
@@ -73,7 +73,6 @@ class Authorizer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.repositories = RepositoryMap(config.repository)
-        self.challenge = challenge(config)
         self.accepts_credentials = bool(config.auth.identity or config.auth.oidc)
         global_policy = config.global_.access_policy
         if global_policy is not None or any(r.access_policy for r in config.repository.values()):
@@ -108,7 +107,7 @@ class Authorizer:
     # --- deciding -----------------------------------------------------------------------------
     async def authorize(self, identity: Identity, access: AccessRequest) -> None:
         """Return when allowed; raise 401 (anonymous), 403 DENIED or 404 NAME_UNKNOWN otherwise."""
-        if self.config.zero_config_access:
+        if self.config.zero_config_access or self._superuser(identity):
             return
         membership = self.repositories.find(access.namespace) if access.namespace is not None else None
         decision = self._decide(identity, access, membership)
@@ -129,8 +128,34 @@ class Authorizer:
 
     def denied(self, identity: Identity) -> errors.RegistryError:
         if identity.anonymous:
-            return errors.Unauthorized("authentication required", headers=dict(self.challenge))
+            return errors.Unauthorized("authentication required")  # the challenge is added per request
         return errors.Denied("requested access to the resource is denied")
+
+    # --- what a token may carry ----------------------------------------------------------------
+    def granted(self, identity: Identity, scope: Scope) -> tuple[str, ...]:
+        """The actions of `scope` the access policies grant this identity (the token service's answer).
+
+        A token action is granted when the policies allow any of the registry actions it stands for,
+        judged on identity, action and namespace alone; every request bearing the token is decided
+        again with all its variables, and by the webhook, so the token only ever narrows access.
+        """
+        if scope.type == REGISTRY:
+            return ("*",) if "*" in scope.actions and self.allows(identity, "list-catalog", None) else ()
+        everything = "*" in scope.actions
+        wanted = [action for action in TOKEN_ACTIONS if everything or action in scope.actions]
+        granted = [action for action in wanted
+                   if any(self.allows(identity, fine, scope.name) for fine in POLICY_ACTIONS[action])]
+        if everything and len(granted) == len(TOKEN_ACTIONS):
+            granted.append("*")
+        return tuple(granted)
+
+    def allows(self, identity: Identity, action: str, namespace: str | None) -> bool:
+        """The CEL decision alone (no webhook) for this identity, action and namespace."""
+        if self.config.zero_config_access or self._superuser(identity):
+            return True
+        membership = self.repositories.find(namespace) if namespace is not None else None
+        return self._decide(identity, AccessRequest(action=action, namespace=namespace),
+                            membership) is Decision.ALLOW
 
     def _decide(self, identity: Identity, access: AccessRequest,
                 membership: tuple[str, Any] | None) -> Decision:
@@ -177,6 +202,10 @@ class Authorizer:
         if action == "get-api-version":
             return Decision.DENY if identity.anonymous and self.accepts_credentials else Decision.ALLOW
         return Decision.DENY
+
+    def _superuser(self, identity: Identity) -> bool:
+        return identity.id is not None and identity.username is not None \
+            and identity.id in self.config.auth.superusers
 
     def _webhook_for(self, membership: tuple[str, Any] | None) -> WebhookClient | None:
         name = self.config.global_.authorization_webhook

@@ -36,18 +36,32 @@ rules = [
 """
 
 
+BASIC_CHALLENGES = "\n[auth.token]\nenabled = false\n"
+
+
 @pytest.fixture
 def server(start_registry: Callable[..., RegistryProcess]) -> RegistryProcess:
-    return start_registry(identities(alice="alice-pw", bob="bob-pw") + POLICY)
+    """Plain Basic challenges (the token service switched off)."""
+    return start_registry(identities(alice="alice-pw", bob="bob-pw") + POLICY + BASIC_CHALLENGES)
+
+
+@pytest.fixture(params=["basic", "token"])
+def either(request: pytest.FixtureRequest, start_registry: Callable[..., RegistryProcess]) -> RegistryProcess:
+    """Basic challenges, or the token service's (the default): Basic credentials work with both."""
+    extra = BASIC_CHALLENGES if request.param == "basic" else ""
+    return start_registry(identities(alice="alice-pw", bob="bob-pw") + POLICY + extra)
 
 
 def assert_challenge(response: requests.Response) -> None:
     assert response.status_code == 401, (response.status_code, response.text)
-    assert response.headers["WWW-Authenticate"] == 'Basic realm="Simple-Registry"'
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge == 'Basic realm="Simple-Registry"' or challenge.startswith('Bearer realm="http://'), \
+        challenge
     assert response.json()["errors"][0]["code"] == "UNAUTHORIZED"
 
 
-def test_login_flow_and_wrong_credentials(server: RegistryProcess) -> None:
+def test_login_flow_and_wrong_credentials(either: RegistryProcess) -> None:
+    server = either
     assert_challenge(server.get("/v2/"))
     assert server.get("/v2/", auth=("alice", "alice-pw")).status_code == 200
     assert server.get("/v2/", auth=("bob", "bob-pw")).status_code == 200
@@ -77,7 +91,8 @@ def test_oversized_authorization_headers(server: RegistryProcess) -> None:
     assert server.get("/v2/", auth=("alice", "alice-pw")).status_code == 200
 
 
-def test_read_only_user_gets_403_anonymous_gets_401(server: RegistryProcess) -> None:
+def test_read_only_user_gets_403_anonymous_gets_401(either: RegistryProcess) -> None:
+    server = either
     image = make_image()
     assert_challenge(push_blob(server.session, server.url, "team/app", b"anonymous blob"))
     server.session.auth = ("alice", "alice-pw")

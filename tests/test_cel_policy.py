@@ -153,7 +153,7 @@ async def test_global_then_repository_policy() -> None:
     assert await decide(authorizer, denied, "get-blob", "team/app") == "401 UNAUTHORIZED"
     with pytest.raises(errors.RegistryError) as raised:
         await authorizer.authorize(denied, AccessRequest(action="get-api-version"))
-    assert raised.value.headers["WWW-Authenticate"] == 'Basic realm="Simple-Registry"'
+    assert raised.value.status == 401  # its challenge is added for the request by the HTTP layer
 
 
 async def test_without_global_policy() -> None:

@@ -1,7 +1,9 @@
-"""The OCI API behaviours with Basic credentials under a deny-by-default policy.
+"""The OCI API behaviours with credentials under a deny-by-default policy.
 
 1. The whole black-box API suite (pull, push, discovery, management, bad input) runs again with every
-   server knowing one identity and denying everyone else, every request carrying its credentials.
+   server knowing one identity and denying everyone else: once with every request carrying Basic
+   credentials, once with every request carrying a bearer token fetched from the token service for
+   the scope it needs (as docker and containerd do).
 2. A representative push/pull/chunked/mount/referrers/delete sequence checks what only exists with
    authorization: anonymous refusals on every endpoint, and mounts that need read access to the source.
 """
@@ -36,10 +38,11 @@ API_SUITES = ["tests/test_api_pull.py", "tests/test_api_push.py", "tests/test_ap
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_api_suites_pass_with_basic_credentials_under_deny_by_default() -> None:
+@pytest.mark.parametrize("mode", auth.MODES)
+def test_api_suites_pass_with_credentials_under_deny_by_default(mode: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *API_SUITES],
-        cwd=REPO_ROOT, env={**os.environ, auth.ENVIRONMENT_VARIABLE: "basic"},
+        cwd=REPO_ROOT, env={**os.environ, auth.ENVIRONMENT_VARIABLE: mode},
         capture_output=True, text=True, timeout=1100, check=False)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr[-2000:]
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
@@ -73,9 +76,11 @@ def anonymous(server: RegistryProcess, method: str, path: str) -> requests.Respo
     return requests.request(method, server.url + path, timeout=30, allow_redirects=False)
 
 
-def test_representative_sequence_with_credentials(start_registry: Callable[..., RegistryProcess]) -> None:
+@pytest.mark.parametrize("mode", auth.MODES)
+def test_representative_sequence_with_credentials(start_registry: Callable[..., RegistryProcess],
+                                                  mode: str) -> None:
     server = start_registry(SEQUENCE_CONFIG)
-    server.session.auth = ("dev", "dev-pw")
+    server.session.auth = ("dev", "dev-pw") if mode == "basic" else auth.TokenAuth("dev", "dev-pw")
     image = make_image()
     layer = image.layers[0]
 
@@ -145,7 +150,13 @@ def test_representative_sequence_with_credentials(start_registry: Callable[..., 
                          ("DELETE", f"/v2/team/app/blobs/{digest_of(layer)}")]:
         response = anonymous(server, method, path)
         assert response.status_code == 401, (method, path, response.status_code)
-        assert response.headers["WWW-Authenticate"] == 'Basic realm="Simple-Registry"'
+        challenge = f'Bearer realm="{server.url}/token",service="simple-registry"'
+        scope = auth.scopes_for(method, server.url + path)
+        if scope and path != "/v2/_catalog":
+            challenge += f',scope="{scope[0]}"'
+        elif path == "/v2/_catalog":
+            challenge += ',scope="registry:catalog:*"'
+        assert response.headers["WWW-Authenticate"] == challenge, (method, path)
 
     # Delete.
     assert server.delete(f"/v2/team/app/manifests/{digest_of(referrer)}").status_code == 202

@@ -63,7 +63,10 @@ def bearer(token: str) -> dict[str, str]:
 
 def assert_rejected(response: requests.Response, reason: str) -> None:
     assert response.status_code == 401, (reason, response.status_code, response.text)
-    assert response.headers["WWW-Authenticate"] == 'Bearer realm="Simple-Registry"'
+    # OIDC-only registries challenge with the token service's realm, an absolute URL docker can use.
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="http://127.0.0.1:'), challenge
+    assert '/token",service="simple-registry"' in challenge
     assert reason in response.json()["errors"][0]["message"], response.text
 
 

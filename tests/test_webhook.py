@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from aiohttp import web
 from argon2 import PasswordHasher
 
@@ -43,9 +44,14 @@ def webhook() -> Iterator[Webhook]:
     hook.stop()
 
 
-def config(webhook: Webhook, other: Webhook | None = None) -> str:
+def config(webhook: Webhook, other: Webhook | None = None, token_service: bool = False) -> str:
+    """Anonymous callers reach the webhook directly when the token service is off (the default here);
+    with it on, they come with a token first."""
     other_url = other.url if other is not None else webhook.url
     return f"""
+[auth.token]
+enabled = {"true" if token_service else "false"}
+
 [auth.identity.alice]
 username = "alice"
 password = "{FAST.hash('pw')}"
@@ -118,6 +124,21 @@ def test_every_header_is_sent(start_registry: Callable[..., RegistryProcess], we
         sock.sendall(raw.encode())
         assert sock.recv(100).startswith(b"HTTP/1.1 200")
     assert webhook.received[-1].getall("X-Multi") == ["first", "second"]
+
+
+def test_the_webhook_sees_who_holds_a_token(start_registry: Callable[..., RegistryProcess],
+                                            webhook: Webhook) -> None:
+    server = start_registry(config(webhook, token_service=True))
+    token = requests.get(f"{server.url}/token", auth=("alice", "pw"), timeout=30, params={
+        "service": "simple-registry", "scope": "repository:allowed/app:pull"}).json()["token"]
+    assert not webhook.received  # the token service asks the policy, never the webhook
+    response = server.get("/v2/allowed/app/tags/list", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 404  # allowed by the webhook, then NAME_UNKNOWN
+    sent = webhook.received[-1]
+    assert sent["X-Registry-Username"] == "alice" and sent["X-Registry-Identity-ID"] == "alice"
+    assert sent["X-Registry-Action"] == "list-tags"
+    denied = server.get("/v2/denied/app/tags/list", headers={"Authorization": f"Bearer {token}"})
+    assert denied.status_code == 401 and 'error="insufficient_scope"' in denied.headers["WWW-Authenticate"]
 
 
 def test_decisions_fail_closed(start_registry: Callable[..., RegistryProcess], webhook: Webhook) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import hmac
 import secrets
 import threading
@@ -56,6 +57,14 @@ def _default_hasher() -> PasswordHasher:
 class BasicIdentity:
     id: str
     username: str
+    groups: tuple[str, ...] = ()
+    # Names this identity's password hash without revealing it: a token or refresh token issued to the
+    # identity stops working once its password (hence its hash) changes.
+    fingerprint: str = ""
+
+
+def password_fingerprint(phc_hash: str) -> str:
+    return hashlib.sha256(phc_hash.encode()).hexdigest()[:16]
 
 
 class VerificationPool:
@@ -134,9 +143,13 @@ class BasicVerifier:
 
     def __init__(self, identities: dict[str, IdentityConfig]) -> None:
         self._key = secrets.token_bytes(32)
-        self._by_username: dict[str, tuple[str, str]] = {}
+        self._by_username: dict[str, tuple[BasicIdentity, str]] = {}
+        self._by_id: dict[str, BasicIdentity] = {}
         for identity_id, identity in identities.items():  # hashes and usernames checked by the config
-            self._by_username[identity.username] = (identity_id, identity.password)
+            known = BasicIdentity(identity_id, identity.username, tuple(identity.groups),
+                                  password_fingerprint(identity.password))
+            self._by_username[identity.username] = (known, identity.password)
+            self._by_id[identity_id] = known
         first = next(iter(identities.values()), None)
         self._dummy_parameters: Parameters | None = None
         if first is not None:
@@ -151,6 +164,10 @@ class BasicVerifier:
     @property
     def configured(self) -> bool:
         return bool(self._by_username)
+
+    def identity(self, identity_id: str) -> BasicIdentity | None:
+        """The configured identity with this id (for tokens issued to it), None once it is gone."""
+        return self._by_id.get(identity_id)
 
     def _credential_key(self, username: str, password: str) -> bytes:
         message = f"{len(username)}:{username}:{password}".encode("utf-8", "surrogatepass")
@@ -173,6 +190,6 @@ class BasicVerifier:
         if not await verification_pool().run(verify_password, entry[1], password):
             self._failures.put(key, True)
             return None
-        identity = BasicIdentity(entry[0], username)
+        identity = entry[0]
         self._successes.put(key, identity)
         return identity

@@ -97,6 +97,17 @@ class OIDCProvider:
                     raise self._reject(f"missing claim {claim}")
         return claims
 
+    def groups(self, claims: dict[str, Any]) -> tuple[str, ...]:
+        """`identity.groups` from the configured `groups_claim` (a string or a list of strings)."""
+        if self.config.groups_claim is None:
+            return ()
+        value = claims.get(self.config.groups_claim)
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list):
+            return tuple(v for v in value if isinstance(v, str))
+        return ()
+
     # --- keys ---------------------------------------------------------------------------------
     def _match(self, kid: str | None, algorithm: str) -> dict[str, Any] | None:
         candidates = [k for k in self._keys

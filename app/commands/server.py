@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import signal
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from app import errors
 from app.config import Config, ConfigError, default_config_files
 from app.context import Registry, build_registry
 from app.http.app import build_app
@@ -52,6 +54,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None, files: list[
 
         tls = ServerTLS(config.server.tls)
     registry = build_registry(config)
+    await _prepare_token_key(registry)
     app = build_app(registry)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=config.server.query_timeout_grace_period)
@@ -59,7 +62,10 @@ async def serve(config: Config, ready: asyncio.Event | None = None, files: list[
     site = web.TCPSite(runner, config.server.bind_address, config.server.port, reuse_address=True,
                        backlog=1024, ssl_context=tls.context if tls is not None else None)
     try:
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ListenError(config.server.bind_address, config.server.port, exc) from None
         if config.zero_config_access and not _is_loopback(config.server.bind_address):
             log.warning("listening on %s with no access policy: anyone who can reach it may push, pull "
                         "and delete", config.server.bind_address)
@@ -83,6 +89,30 @@ async def serve(config: Config, ready: asyncio.Event | None = None, files: list[
         await runner.cleanup()
         await registry.close()
         log.info("stopped")
+
+
+class ListenError(Exception):
+    """The listening address cannot be bound: one clear line, not a traceback."""
+
+    def __init__(self, address: str, port: int, cause: OSError) -> None:
+        in_use = cause.errno == errno.EADDRINUSE
+        reason = "address already in use" if in_use else (cause.strerror or str(cause))
+        super().__init__(f"cannot listen on {address}:{port}: {reason}; choose another port with `[server] "
+                         f"port` in the configuration or REGISTRY__SERVER__PORT=<port>")
+
+
+async def _prepare_token_key(registry: Registry) -> None:
+    """Load (or create) the token signing key before the first request needs it.
+
+    A store that cannot be read now is not fatal: the token endpoint answers 503 and tries again.
+    """
+    tokens = registry.authenticator.tokens
+    if tokens is None:
+        return
+    try:
+        await tokens.key()
+    except errors.RegistryError as exc:
+        log.warning("the token service is not ready yet: %s", exc.message)
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:
@@ -112,5 +142,12 @@ def run(config: Config, files: list[Path] | None = None) -> int:
     except ImportError:  # Windows
         runner_factory = None
     with asyncio.Runner(loop_factory=runner_factory) as runner, contextlib.suppress(KeyboardInterrupt):
-        runner.run(serve(config, files=files, tls=tls))
+        try:
+            runner.run(serve(config, files=files, tls=tls))
+        except ListenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0

@@ -2,6 +2,13 @@
 
 The identity is stored on the request for handlers that need a second decision (a cross-repository
 mount must be allowed to read the blob in its source namespace).
+
+Anonymous callers are asked to log in before any policy is consulted where clients need that to send
+credentials at all: `GET /v2/` whenever the registry accepts credentials (that 401 is what makes
+`docker login` and `podman login` try them), and every `/v2/` endpoint with the token service on
+(clients then fetch a token, anonymous or not, and come back with it). A request bearing one of our
+tokens must be within the token's grants (else 401 `insufficient_scope`) and is then decided by the
+policy like any other.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from app import errors
+from app.auth import scopes
 from app.auth.identity import Identity
 from app.context import Registry
 from app.grammar import Digest
@@ -19,7 +28,10 @@ from app.policy import AccessRequest
 IDENTITY_KEY = "identity"
 _MOUNT_ALLOWED = "mount_allowed"
 _UPLOAD_ALLOWED = "upload_allowed"
-_UNAUTHENTICATED_KINDS = frozenset({"health", "ready"})
+# The token endpoint authenticates its callers itself (and never refuses an anonymous one).
+_UNAUTHENTICATED_KINDS = frozenset({"health", "ready", "token"})
+_REGISTRY_KINDS = frozenset({"base", "catalog", "tags", "manifest", "blob", "upload_start", "upload",
+                             "referrers"})
 
 
 def access_request(request: web.Request, route: Route) -> AccessRequest:
@@ -32,7 +44,7 @@ def access_request(request: web.Request, route: Route) -> AccessRequest:
         digest=str(digest) if digest is not None else query.get("mount") or query.get("digest"),
         reference=str(route.reference) if route.reference is not None else None,
         uuid=route.upload_id,
-        n=int(raw_n) if raw_n.isdigit() and len(raw_n) < 10 else None,
+        n=int(raw_n) if raw_n.isascii() and raw_n.isdigit() and len(raw_n) < 10 else None,
         last=query.get("last"),
         artifact_type=query.get("artifactType"),
         from_=query.get("from"),
@@ -52,8 +64,16 @@ async def check(request: web.Request, route: Route, registry: Registry) -> None:
     """
     if route.kind in _UNAUTHENTICATED_KINDS:
         return
-    identity = await registry.authenticator.authenticate(request)
+    authenticator = registry.authenticator
+    identity = await authenticator.authenticate(request)
     request[IDENTITY_KEY] = identity
+    if identity.anonymous and identity.grants is None and route.kind in _REGISTRY_KINDS and (
+            authenticator.tokens is not None or (route.kind == "base" and authenticator.accepts_credentials)):
+        raise errors.Unauthorized("authentication required")
+    if identity.grants is not None and not identity.grants.covers(route.action, route.namespace):
+        raise errors.InsufficientScope(
+            f"access denied: the token grants no {scopes.REQUIRED.get(route.action, route.action)} on "
+            f"{route.namespace or 'the registry'} (not allowed, or not requested)")
     access = access_request(request, route)
     if route.action != "mount-blob":
         await registry.authorizer.authorize(identity, access)
@@ -83,13 +103,20 @@ async def may_mount(request: web.Request, route: Route, registry: Registry, dige
     if not request.get(_MOUNT_ALLOWED, False):
         return False
     authorizer = registry.authorizer
+    identity = _identity(request)
     if source is None:
+        # Only when the policy lets this caller read every namespace alike; a token must then cover
+        # reading the target, where the mounted blob becomes readable.
         if not authorizer.namespace_independent:
             return False
         source = route.namespace
+        if identity.grants is not None and not identity.grants.covers("get-blob", source):
+            return False
+    elif identity.grants is not None and not identity.grants.covers("get-blob", source):
+        return False  # docker asks the token for `repository:<from>:pull` beside the target's push
     access = replace(access_request(request, route), action="get-blob", namespace=source, digest=str(digest),
                      reference=None, uuid=None)
-    return await authorizer.permits(_identity(request), access)
+    return await authorizer.permits(identity, access)
 
 
 def _identity(request: web.Request) -> Identity:

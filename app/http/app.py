@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from app.context import Registry
-from app.http import base, blobs, catalog, health, manifests, referrers, tags, uploads
+from app.http import base, blobs, catalog, health, manifests, referrers, tags, token, uploads
 from app.http.middlewares import (
     REGISTRY_KEY,
     ROUTE_KEY,
@@ -40,6 +40,8 @@ HANDLERS: dict[tuple[str, str], RouteHandler] = {
     ("health", "GET"): health.healthz,
     ("ready", "GET"): health.readyz,
     ("metrics", "GET"): health.metrics,
+    ("token", "GET"): token.get_token,
+    ("token", "POST"): token.post_token,
 }
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from app import errors
+from app.auth.challenge import BASIC_REALM, INSUFFICIENT_SCOPE
 from app.context import Registry
 from app.http import access, router
 from app.http.mirrors import mirror_route
@@ -25,6 +26,7 @@ log = logging.getLogger("registry")
 
 REGISTRY_KEY = web.AppKey("registry", Registry)
 ROUTE_KEY = "route"
+ERROR_KEY = "error"
 # How long a request waits for a slot when max_concurrent_requests are in flight, before 503.
 QUEUE_WAIT_SECONDS = 30.0
 
@@ -42,11 +44,35 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         raise
     finally:
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info("request", extra={"fields": {
-                "method": request.method, "path": request.path, "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "remote": request.remote, "bytes_in": request.content_length,
-            }})
+            access_log.info("request", extra={"fields": _access_fields(request, status, started)})
+
+
+def _access_fields(request: web.Request, status: int, started: float) -> dict[str, object]:
+    """One access-log line: the request, who made it and, for a refusal or failure, what and why
+    (the error's code and message, which never hold a secret)."""
+    fields: dict[str, object] = {
+        "method": request.method, "path": request.path, "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "remote": request.remote, "bytes_in": request.content_length,
+    }
+    if request.query_string:
+        fields["query"] = request.query_string[:1000]
+    agent = request.headers.get("User-Agent")
+    if agent:
+        fields["user_agent"] = agent[:300]
+    identity = request.get(access.IDENTITY_KEY)
+    if identity is not None:
+        fields["identity"] = identity.subject or "(anonymous)"
+    route = request.get(ROUTE_KEY)
+    if isinstance(route, router.Route):
+        fields["action"] = route.action
+        if route.namespace is not None:
+            fields["namespace"] = route.namespace
+    error = request.get(ERROR_KEY)
+    if isinstance(error, errors.RegistryError):
+        fields["error"] = error.code
+        fields["reason"] = error.message[:500]
+    return fields
 
 
 @web.middleware
@@ -54,6 +80,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except errors.RegistryError as exc:
+        if exc.status == 401 and "WWW-Authenticate" not in exc.headers:
+            exc.headers["WWW-Authenticate"] = _challenge(request, exc)
+        request[ERROR_KEY] = exc
         return error_response(exc)
     except ClientDisconnected as exc:
         # Expected (a client gave up mid-body); what arrived was kept. Nobody reads this answer.
@@ -61,7 +90,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(errors.BlobUploadInvalid(f"client disconnected: {exc}"))
     except StorageError as exc:
         log.error("storage failure on %s %s: %s", request.method, request.path, exc)
-        return error_response(errors.Unavailable(str(exc)))
+        request[ERROR_KEY] = unavailable = errors.Unavailable(str(exc))
+        return error_response(unavailable)
     except (ConnectionError, asyncio.CancelledError):
         raise
     except web.HTTPException:
@@ -69,7 +99,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         trace = uuid.uuid4().hex
         log.exception("unhandled error (trace %s) on %s %s", trace, request.method, request.path)
-        return error_response(errors.RegistryError("internal server error", detail={"trace_id": trace}))
+        internal = errors.RegistryError("internal server error", detail={"trace_id": trace})
+        request[ERROR_KEY] = internal
+        return error_response(internal)
+
+
+def _challenge(request: web.Request, error: errors.RegistryError) -> str:
+    """What this 401 asks the client to do, for the route it asked for (Bearer with a scope, or Basic)."""
+    route = request.get(ROUTE_KEY)
+    registry = request.app[REGISTRY_KEY]
+    if isinstance(route, router.Route) and route.kind == "token":
+        return f'Basic realm="{BASIC_REALM}"'  # the token endpoint takes credentials as Basic
+    insufficient = INSUFFICIENT_SCOPE if isinstance(error, errors.InsufficientScope) else None
+    if isinstance(route, router.Route):
+        return registry.challenger.header(request, route.action, route.namespace, insufficient)
+    return registry.challenger.header(request, None, None, insufficient)
 
 
 def limit_middleware(limit: int) -> Middleware:

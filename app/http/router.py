@@ -41,9 +41,13 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("health", "GET"): "healthz",
     ("ready", "GET"): "healthz",
     ("metrics", "GET"): "metrics",
+    # The token service: not a policy action (it answers everyone with what the policy grants them).
+    ("token", "GET"): "get-token",
+    ("token", "POST"): "get-token",
 }
 
-_PLAIN = {"/healthz": "health", "/health": "health", "/readyz": "ready", "/metrics": "metrics"}
+_PLAIN = {"/healthz": "health", "/health": "health", "/readyz": "ready", "/metrics": "metrics",
+          "/token": "token"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,14 @@ def resolve(method: str, raw_path: str, mount: bool = False) -> Route:
     digest = Digest.parse(parts["digest"]) if "digest" in parts else None
     reference = None
     if "reference" in parts:
-        reference = parse_reference(parts["reference"])
+        try:
+            reference = parse_reference(parts["reference"])
+        except errors.TagInvalid:
+            if verb == "PUT":
+                raise
+            # No manifest can have this name, so reading or deleting it finds none (the OCI conformance
+            # suite's ".INVALID_MANIFEST_NAME"); only a PUT is told that the tag itself is invalid.
+            raise errors.ManifestUnknown(f"no manifest is named {parts['reference'][:200]!r}") from None
     upload_id = parts.get("uuid")
     if upload_id is not None and not _UUID_RE.fullmatch(upload_id):
         raise errors.BlobUploadUnknown(f"invalid upload id {upload_id[:100]!r}")

@@ -46,6 +46,14 @@ class Storage(abc.ABC):
         """Atomically create or replace: readers see the old or the new content, never a part."""
 
     @abc.abstractmethod
+    async def create(self, key: str, data: bytes, *, private: bool = False) -> bool:
+        """Atomically create `key` unless it exists (then False, the existing content untouched).
+
+        Two processes creating the same key at once: exactly one wins, and both then read its content.
+        `private`: readable by the registry's own user only (a secret such as a signing key).
+        """
+
+    @abc.abstractmethod
     async def stat(self, key: str) -> Stat | None: ...
 
     @abc.abstractmethod

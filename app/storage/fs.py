@@ -123,6 +123,31 @@ class FsStorage(Storage):
     async def put(self, key: str, data: bytes) -> None:
         await self._run(self._put, key, data)
 
+    def _create(self, key: str, data: bytes, private: bool) -> bool:
+        target = self._path(key)
+        tmp_dir = self.root / layout.TMP
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_dir / uuid.uuid4().hex
+        try:
+            descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+            with open(descriptor, "wb") as file:
+                file.write(data)
+                if self.sync_to_disk:
+                    file.flush()
+                    os.fsync(file.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(tmp, target)  # fails when the target exists: the first creator wins, whole
+            except FileExistsError:
+                return False
+            self._fsync_dir(target.parent)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def create(self, key: str, data: bytes, *, private: bool = False) -> bool:
+        return await self._run(self._create, key, data, private)
+
     def _stat(self, key: str) -> Stat | None:
         try:
             st = os.stat(self._path(key))

@@ -10,6 +10,10 @@ BLOBS = f"{ROOT}/blobs"
 REPOSITORIES = f"{ROOT}/repositories"
 # Temporary objects for atomic writes; outside distribution's tree so it never sees them.
 TMP = "tmp"
+# The token service's signing key when none is configured: generated once, shared by every replica.
+TOKEN_SIGNING_KEY = "token/signing-key.pem"
+# `registry server --admin`: the Argon2 hash of the generated admin password, kept from the first start.
+ADMIN_PASSWORD_HASH = "auth/admin-password.phc"
 
 
 def blob_data(digest: Digest) -> str:
