@@ -15,11 +15,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="registry", description="An OCI-compliant, Docker-compatible container registry.")
     parser.add_argument("-c", "--config", action="append", type=Path, metavar="FILE",
-                        help="TOML configuration file (repeatable; merged in order). Default: "
-                             "./config.toml, else config.toml in the user config folder, else built-in "
-                             "zero-config defaults")
+                        help="TOML configuration file, or a folder whose *.toml files are read in name "
+                             "order (repeatable; merged in order). Default: ./config.toml, else "
+                             "config.toml in the user config folder, else built-in zero-config defaults")
     commands = parser.add_subparsers(dest="command", metavar="<command>")
-    commands.add_parser("server", help="run the registry listeners until SIGINT/SIGTERM")
+    server = commands.add_parser("server", help="run the registry listeners until SIGINT/SIGTERM")
+    server.add_argument("--admin", action="store_true",
+                        help="add an `admin` identity that may do everything; its password comes from "
+                             "REGISTRY_ADMIN_PASSWORD or --admin-password-file, else is generated at the "
+                             "first start and printed once")
+    server.add_argument("--admin-password-file", type=Path, metavar="FILE",
+                        help="read the admin password from FILE (with --admin)")
     commands.add_parser("argon", aliases=["hash-password"],
                         help="read a password and print its Argon2id hash for [auth.identity.*]")
     commands.add_parser("check-config", help="validate the configuration and print it, secrets redacted")
@@ -51,9 +57,19 @@ def main(argv: list[str] | None = None) -> int:
             from app.commands import check_config
 
             return check_config.run(config)
+        if getattr(args, "admin", False):
+            from app.commands import admin
+
+            config = admin.enable(config, args.config, args.admin_password_file)
+        elif getattr(args, "admin_password_file", None) is not None:
+            print("error: --admin-password-file needs --admin", file=sys.stderr)
+            return 2
         from app.commands import server
 
         return server.run(config, args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"error: invalid configuration: {exc}", file=sys.stderr)
         return 2

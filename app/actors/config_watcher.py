@@ -41,7 +41,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from app.actors.bridge import AsyncActor, tell
-from app.config import Config, ConfigError, load
+from app.config import Config, ConfigError, config_files, load
 from app.reload import changed_sections, split_restart_keys
 
 log = logging.getLogger("registry.config")
@@ -80,6 +80,7 @@ class ConfigWatcher(AsyncActor):
                  apply: ApplyReload, debounce: float = DEBOUNCE_SECONDS) -> None:
         super().__init__()
         self.files = [Path(os.path.abspath(f)) for f in files]
+        self._folders = frozenset(f for f in self.files if f.is_dir())
         self.config = config
         self._loop = loop
         self._apply = apply
@@ -108,21 +109,29 @@ class ConfigWatcher(AsyncActor):
         self._observer.join(timeout=5)
 
     # --- what is watched ------------------------------------------------------------------------
+    def _config_files(self) -> list[Path]:
+        """The configuration files: those given, and the `*.toml` files of the folders given (read
+        again each time, so a file added to a configuration folder is picked up)."""
+        return config_files(self.files)
+
     def _watched_files(self) -> list[Path]:
         if self.config.server.tls is None:
-            return list(self.files)
+            return self._config_files()
         from app.tls import tls_files  # cryptography (~8 MiB) only when TLS is configured
 
-        return [*self.files, *tls_files(self.config.server.tls)]
+        return [*self._config_files(), *tls_files(self.config.server.tls)]
 
     def is_relevant(self, path: str) -> bool:
-        """A watched file's name, or a Kubernetes `..data`-style entry (called from the observer)."""
+        """A watched file's name, a Kubernetes `..data`-style entry, or a `*.toml` file appearing in a
+        configuration folder (called from the observer)."""
         name = os.path.basename(path)
-        return name in self._names or name.startswith("..")
+        if name in self._names or name.startswith(".."):
+            return True
+        return name.endswith(".toml") and Path(os.path.dirname(path)) in self._folders
 
     def _rewatch(self) -> None:
         """Watch the folder of every file, and of the file a symlink points at; drop stale watches."""
-        wanted: set[Path] = set()
+        wanted: set[Path] = set(self._folders)
         names: set[str] = set()
         for file in self._watched_files():
             for path in _link_chain(file):
@@ -176,8 +185,9 @@ class ConfigWatcher(AsyncActor):
         if digests == self._digests:
             self._rewatch()
             return
-        tls_changed = {f: d for f, d in digests.items() if f not in self.files} != {
-            f: d for f, d in self._digests.items() if f not in self.files}
+        configuration = set(self._config_files())
+        tls_changed = {f: d for f, d in digests.items() if f not in configuration} != {
+            f: d for f, d in self._digests.items() if f not in configuration}
         self._digests = digests
         try:
             loaded = load(self.files)

@@ -40,7 +40,7 @@ class RegistryProcess:
     """One `python -m app server` process with its own config file and data folder."""
 
     def __init__(self, workdir: Path, extra_config: str = "", env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, server_args: list[str] | None = None) -> None:
         self.workdir = workdir
         self.root = workdir / "data"
         self.port = port or free_port()
@@ -54,11 +54,13 @@ class RegistryProcess:
         self.env = {**os.environ, "REGISTRY_LOG": "info", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()
+        self.server_args = server_args or []
+        self.config_args = ["-c", str(self.config_path)]
 
     def start(self, timeout: float = 20.0) -> RegistryProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "-c", str(self.config_path), "server"],
+            [sys.executable, "-m", "app", *self.config_args, "server", *self.server_args],
             cwd=REPO_ROOT, stdout=log, stderr=log, env=self.env)
         log.close()
         deadline = time.monotonic() + timeout
