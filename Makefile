@@ -17,10 +17,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/registry server
 
+# Test files run in parallel processes (pytest-xdist): most tests wait on real servers and clients.
+PYTEST_WORKERS ?= 3
+
 test: $(STAMP)
 	$(BIN)/ruff check app tests
 	$(BIN)/mypy
-	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests
