@@ -56,7 +56,9 @@ class AccessPolicy(Section):
     @field_validator("rules")
     @classmethod
     def _rules_compile(cls, rules: list[str]) -> list[str]:
-        from app.cel_policy import check_rules  # cel-python is imported only when policies exist
+        if not rules:
+            return rules
+        from app.cel_policy import check_rules  # cel-python is imported only when rules exist
 
         return check_rules(rules)
 
@@ -79,18 +81,47 @@ class GCConfig(Section):
     delete_untagged: bool = False
 
 
+class LimitsConfig(Section):
+    """What keeps one client (or a few stalled ones) from starving the others (docs/security.md)."""
+
+    # Concurrent requests one client (address) may have in progress; beyond it: 429 at once.
+    max_requests_per_client: int = Field(48, ge=1)
+    # Concurrent body transfers (uploads and downloads) of one client (identity, else address).
+    max_transfers_per_client: int = Field(64, ge=1)
+    # A new connection, or one between two requests, must send complete request headers within this.
+    header_read_timeout: Duration = Field(30.0, gt=0)
+    # An idle keep-alive connection is closed after this.
+    keepalive_timeout: Duration = Field(75.0, gt=0)
+    # A request or response body that moves no byte for this long is cut.
+    body_inactivity_timeout: Duration = Field(60.0, gt=0)
+    # A body transfer slower than this (bytes per second, judged over each `transfer_rate_window`) is
+    # cut; 0 disables the check.
+    min_transfer_rate: ByteSize = 1024
+    transfer_rate_window: Duration = Field(30.0, gt=0)
+
+
 class GlobalConfig(Section):
     max_concurrent_requests: int = Field(64, ge=1)
     max_concurrent_cache_jobs: int = Field(4, ge=1)
     update_pull_time: bool = True
     max_manifest_size: ByteSize = Field(4 * 1024 * 1024, ge=1024)
+    # Descriptors (config, layers, index children, subject) one manifest may list (app/manifest.py).
+    max_manifest_references: int = Field(10000, ge=1)
     access_policy: AccessPolicy | None = None
     retention_policy: RetentionPolicy | None = None
     immutable_tags: bool = False
     immutable_tags_exclusions: list[str] = []
     authorization_webhook: str | None = None
     trusted_proxies: list[str] = []
+    # Upload sessions: one untouched for `upload_timeout` expires (its data is removed); caps on open
+    # sessions, in all and per client (the identity, else the address): beyond them 429.
+    upload_timeout: Duration = Field(86400.0, gt=0)
+    max_upload_sessions: int = Field(10000, ge=1)
+    max_upload_sessions_per_client: int = Field(1000, ge=1)
+    # Namespaces the manifest index caches (least recently used ones are dropped, then read again).
+    index_max_namespaces: int = Field(1000, ge=1)
     gc: GCConfig = Field(default_factory=GCConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app.actors.supervisor import Actors, start_actors
+from app.actors.uploads import UploadLimits
 from app.auth.chain import Authenticator
-from app.auth.challenge import Challenger
 from app.cache import CacheStore, open_cache
 from app.config import Config
 from app.immutable import ImmutableTags
@@ -36,7 +36,6 @@ class Registry:
     manifests: ManifestService
     authorizer: Authorizer
     authenticator: Authenticator
-    challenger: Challenger
     # Set by build_registry once the registry exists.
     cache: CacheStore = field(init=False)
     # Built with the first configuration that has upstreams (at start or by a hot reload), then kept:
@@ -79,18 +78,19 @@ class Registry:
         """
         authorizer = Authorizer(config)
         authenticator = Authenticator(config, self.storage, previous=self.authenticator)
-        challenger = Challenger(config)
         immutable_tags = ImmutableTags(config)
         self._prepare_pull_through(config)  # before the swap: a request never sees upstreams without it
         old_authorizer, old_authenticator = self.authorizer, self.authenticator
         self.config = config
         self.authorizer = authorizer
         self.authenticator = authenticator  # a new Basic verifier: cached successes are forgotten
-        self.challenger = challenger
         self.manifests.immutable_tags = immutable_tags
         _close_later(old_authorizer.close(), old_authenticator.close(successor=authenticator))
         self.manifests.max_manifest_size = config.global_.max_manifest_size
+        self.manifests.max_manifest_references = config.global_.max_manifest_references
         self.uploads.chunk_size = config.server.streaming_chunk_size
+        self.uploads.configure(UploadLimits.of(config.global_))
+        self.actors.index.tell("configure", config.global_.index_max_namespaces)
 
     async def close(self) -> None:
         for task in list(_closing):
@@ -136,13 +136,14 @@ def build_registry(config: Config) -> Registry:
     authorizer = Authorizer(config)
     storage = open_storage(config.blob_store)
     authenticator = Authenticator(config, storage)
-    actors = start_actors()
+    actors = start_actors(config.global_.index_max_namespaces)
     blobs = BlobService(storage)
     uploads = UploadService(storage, actors.uploads, actors.locks, blobs, config.server.streaming_chunk_size)
-    manifests = ManifestService(storage, actors.index, actors.locks, blobs, config.global_.max_manifest_size)
+    uploads.configure(UploadLimits.of(config.global_))
+    manifests = ManifestService(storage, actors.index, actors.locks, blobs, config.global_.max_manifest_size,
+                                config.global_.max_manifest_references)
     manifests.immutable_tags = ImmutableTags(config)
-    registry = Registry(config, storage, actors, blobs, uploads, manifests, authorizer, authenticator,
-                        Challenger(config))
+    registry = Registry(config, storage, actors, blobs, uploads, manifests, authorizer, authenticator)
     registry.cache = open_cache(config.cache)
     registry._prepare_pull_through(config)
     return registry

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from app import errors
+from app import errors, json_shape
 from app.grammar import Digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -28,6 +28,14 @@ FOREIGN_LAYER_TYPES = frozenset({
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
 })
+# Real manifests nest 5 levels at most (index → manifests → descriptor → platform → features).
+MAX_NESTING = 64
+# The default of `[global] max_manifest_references`: descriptors (config, layers, children, subject)
+# one manifest may have. Real images have tens of layers (overlayfs stacks at most 128).
+MAX_REFERENCES = 10000
+# A descriptor is one object, with at most five more inside (annotations, platform, its two feature
+# lists, urls): more containers than this per allowed reference is no manifest, only parsing work.
+CONTAINERS_PER_REFERENCE = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +48,8 @@ class Descriptor:
 
 @dataclass(slots=True)
 class Manifest:
-    """A validated manifest: its type, the blobs and child manifests it needs, and referrer facts."""
+    """A validated manifest: its type, the blobs and child manifests it needs (one descriptor per
+    distinct digest, in the order they are listed), and referrer facts."""
 
     media_type: str
     digest: Digest
@@ -50,6 +59,8 @@ class Manifest:
     subject: Digest | None = None
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
+    # What sniff_media_type reads from this body, kept so that storing it does not parse it again.
+    sniffed_type: str | None = None
 
     def referrer_descriptor(self) -> dict[str, Any]:
         descriptor: dict[str, Any] = {
@@ -69,25 +80,36 @@ def strip_media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def _descriptor(value: Any, where: str) -> Descriptor:
+def _descriptor(value: Any, kind: str, index: int | None = None,
+                digests: dict[str, Digest] | None = None) -> Descriptor:
+    """`value` as a descriptor, else MANIFEST_INVALID naming `kind[index]`. `digests` remembers the
+    digests already parsed: a manifest may list the same layer thousands of times."""
+    def invalid(reason: str) -> errors.RegistryError:
+        where = kind if index is None else f"{kind}[{index}]"
+        return errors.ManifestInvalid(f"{where}: {reason}")
+
     if not isinstance(value, dict):
-        raise errors.ManifestInvalid(f"{where}: descriptor must be an object")
+        raise invalid("descriptor must be an object")
     media_type = value.get("mediaType")
     digest = value.get("digest")
     size = value.get("size")
     if not isinstance(media_type, str) or not media_type:
-        raise errors.ManifestInvalid(f"{where}: mediaType must be a non-empty string")
+        raise invalid("mediaType must be a non-empty string")
     if not isinstance(digest, str):
-        raise errors.ManifestInvalid(f"{where}: digest must be a string")
-    try:
-        parsed = Digest.parse(digest)
-    except errors.DigestInvalid as exc:
-        raise errors.ManifestInvalid(f"{where}: {exc.message}") from None
+        raise invalid("digest must be a string")
+    parsed = digests.get(digest) if digests is not None else None
+    if parsed is None:
+        try:
+            parsed = Digest.parse(digest)
+        except errors.DigestInvalid as exc:
+            raise invalid(exc.message) from None
+        if digests is not None:
+            digests[digest] = parsed
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise errors.ManifestInvalid(f"{where}: size must be a non-negative integer")
+        raise invalid("size must be a non-negative integer")
     urls = value.get("urls") or ()
-    if not isinstance(urls, list | tuple) or not all(isinstance(u, str) for u in urls):
-        raise errors.ManifestInvalid(f"{where}: urls must be a list of strings")
+    if not isinstance(urls, (list, tuple)) or not all(isinstance(u, str) for u in urls):
+        raise invalid("urls must be a list of strings")
     return Descriptor(media_type, parsed, size, tuple(urls))
 
 
@@ -101,13 +123,35 @@ def _annotations(value: Any, where: str) -> dict[str, str] | None:
     return value
 
 
-def parse(body: bytes, content_type: str | None, digest: Digest) -> Manifest:
-    """Validate a manifest PUT body against its Content-Type; raise MANIFEST_INVALID with a reason."""
-    header_type = strip_media_type(content_type)
+def _load(body: bytes, max_references: int | None) -> Any:
+    """The JSON document of a manifest body: UTF-8 (RFC 8259; what the shape check reads), nested at
+    most MAX_NESTING deep, with a bounded number of objects and arrays."""
+    max_containers = None if max_references is None else CONTAINERS_PER_REFERENCE * max_references + 64
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        json_shape.check(body, MAX_NESTING, max_containers)
+        return json.loads(body.decode("utf-8"))
+    except json_shape.TooComplex as exc:
+        raise errors.ManifestInvalid(f"manifest is refused: {exc}") from None
+    except RecursionError:  # the shape check should have caught it; never a 500 all the same
+        raise errors.ManifestInvalid(f"manifest nests deeper than {MAX_NESTING} levels") from None
+    except ValueError as exc:  # UnicodeDecodeError is one too
         raise errors.ManifestInvalid(f"manifest is not valid JSON: {exc}") from None
+
+
+def _check_count(count: int, max_references: int | None) -> None:
+    if max_references is not None and count > max_references:
+        raise errors.ManifestInvalid(
+            f"manifest has {count} descriptors (config, layers, manifests, subject), more than "
+            f"max_manifest_references ({max_references})")
+
+
+def parse(body: bytes, content_type: str | None, digest: Digest,
+          max_references: int | None = MAX_REFERENCES) -> Manifest:
+    """Validate a manifest PUT body against its Content-Type; raise MANIFEST_INVALID with a reason.
+
+    `max_references` bounds its descriptors (None: any number, for manifests already stored)."""
+    header_type = strip_media_type(content_type)
+    document = _load(body, max_references)
     if not isinstance(document, dict):
         raise errors.ManifestInvalid("manifest must be a JSON object")
     if document.get("schemaVersion") == 1 or header_type in DOCKER_SCHEMA1:
@@ -127,13 +171,15 @@ def parse(body: bytes, content_type: str | None, digest: Digest) -> Manifest:
     if media_type not in SUPPORTED_TYPES:
         raise errors.ManifestInvalid(f"unsupported manifest media type {media_type!r}")
 
-    manifest = Manifest(media_type=media_type, digest=digest, size=len(body))
+    manifest = Manifest(media_type=media_type, digest=digest, size=len(body),
+                        sniffed_type=_sniff(document))
     manifest.annotations = _annotations(document.get("annotations"), "annotations")
     artifact_type = document.get("artifactType")
     if artifact_type is not None and not isinstance(artifact_type, str):
         raise errors.ManifestInvalid("artifactType must be a string")
     if "subject" in document and document["subject"] is not None:
         manifest.subject = _descriptor(document["subject"], "subject").digest
+    others = 1 if manifest.subject is not None else 0
 
     if media_type in IMAGE_TYPES:
         if "config" not in document:
@@ -142,17 +188,29 @@ def parse(body: bytes, content_type: str | None, digest: Digest) -> Manifest:
         layers = document.get("layers")
         if not isinstance(layers, list):
             raise errors.ManifestInvalid("layers must be an array")
+        _check_count(1 + len(layers) + others, max_references)
         manifest.blobs.append(config)
+        digests: dict[str, Digest] = {document["config"]["digest"]: config.digest}
+        required = set(digests)  # the digests (as written) already in manifest.blobs
         for i, layer in enumerate(layers):
-            descriptor = _descriptor(layer, f"layers[{i}]")
-            if not (descriptor.urls and descriptor.media_type in FOREIGN_LAYER_TYPES):
+            descriptor = _descriptor(layer, "layers", i, digests)
+            if descriptor.urls and descriptor.media_type in FOREIGN_LAYER_TYPES:
+                continue  # clients fetch it from its urls: never stored here
+            if layer["digest"] not in required:
+                required.add(layer["digest"])
                 manifest.blobs.append(descriptor)
         manifest.artifact_type = artifact_type or config.media_type
     else:
         children = document.get("manifests")
         if not isinstance(children, list):
             raise errors.ManifestInvalid("manifests must be an array")
-        manifest.children = [_descriptor(c, f"manifests[{i}]") for i, c in enumerate(children)]
+        _check_count(len(children) + others, max_references)
+        digests = {}
+        for i, child in enumerate(children):
+            known = len(digests)
+            descriptor = _descriptor(child, "manifests", i, digests)
+            if len(digests) > known:  # a digest not seen before
+                manifest.children.append(descriptor)
         manifest.artifact_type = artifact_type
     return manifest
 
@@ -160,7 +218,7 @@ def parse(body: bytes, content_type: str | None, digest: Digest) -> Manifest:
 def describe_stored(body: bytes, media_type: str, digest: Digest) -> Manifest:
     """Re-read a stored manifest for its referrer facts (already validated when it was pushed)."""
     try:
-        return parse(body, media_type, digest)
+        return parse(body, media_type, digest, max_references=None)
     except errors.RegistryError:
         return Manifest(media_type=media_type, digest=digest, size=len(body))
 
@@ -169,8 +227,12 @@ def sniff_media_type(body: bytes) -> str:
     """The media type of a stored manifest pushed by another registry (distribution keeps none)."""
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # another registry's file: anything may be in it
         return OCI_MANIFEST
+    return _sniff(document)
+
+
+def _sniff(document: Any) -> str:
     if isinstance(document, dict):
         media_type = document.get("mediaType")
         if isinstance(media_type, str) and media_type:

@@ -21,7 +21,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from app import errors
 from app.auth.identity import Identity
-from app.auth.scopes import POLICY_ACTIONS, REGISTRY, TOKEN_ACTIONS, Scope
 from app.config import Config
 from app.repositories import RepositoryMap
 from app.ttlcache import TTLCache
@@ -60,6 +59,7 @@ class AccessRequest:
 
 
 if TYPE_CHECKING:
+    from app.auth.scopes import Scope
     from app.cel_policy import CompiledPolicy
 
 
@@ -76,7 +76,7 @@ class Authorizer:
         self.accepts_credentials = bool(config.auth.identity or config.auth.oidc)
         global_policy = config.global_.access_policy
         if global_policy is not None or any(r.access_policy for r in config.repository.values()):
-            # cel-python (~7 MiB resident) is imported only when some policy exists.
+            # The policy classes; cel-python itself is imported only once some policy has rules.
             from app.cel_policy import CompiledPolicy
         self.global_policy = CompiledPolicy(global_policy, "global.access_policy") if global_policy else None
         self.policies = {
@@ -139,6 +139,8 @@ class Authorizer:
         judged on identity, action and namespace alone; every request bearing the token is decided
         again with all its variables, and by the webhook, so the token only ever narrows access.
         """
+        from app.auth.scopes import POLICY_ACTIONS, REGISTRY, TOKEN_ACTIONS
+
         if scope.type == REGISTRY:
             return ("*",) if "*" in scope.actions and self.allows(identity, "list-catalog", None) else ()
         everything = "*" in scope.actions
@@ -175,6 +177,8 @@ class Authorizer:
 
         def allows(policy: CompiledPolicy) -> bool:
             nonlocal variables
+            if not policy.rules:
+                return policy.default_allow
             if variables is None:
                 from app.cel_policy import activation
 

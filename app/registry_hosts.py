@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from app.digits import decimal
+
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 DOCKER_HUB_URL = "https://registry-1.docker.io"
@@ -31,9 +33,10 @@ def parse_host(value: str) -> str:
         raise ValueError(f"{value[:100]!r} is not a registry host (`host` or `host:port`; IPv6 literals "
                          "are not supported)")
     if sep:
-        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        number = decimal(port, max_digits=5)
+        if number is None or not 0 < number < 65536:
             raise ValueError(f"{value[:100]!r} has no valid port (1-65535)")
-        return f"{host}:{int(port)}"
+        return f"{host}:{number}"
     return DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
 
 

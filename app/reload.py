@@ -23,6 +23,10 @@ RESTART_KEYS: tuple[tuple[tuple[str, ...], str, str], ...] = (
      "the shutdown grace period is set at start"),
     (("global_", "max_concurrent_requests"), "global.max_concurrent_requests",
      "the request limit is sized at start"),
+    (("global_", "limits", "header_read_timeout"), "global.limits.header_read_timeout",
+     "connection timeouts are set when the listener starts"),
+    (("global_", "limits", "keepalive_timeout"), "global.limits.keepalive_timeout",
+     "connection timeouts are set when the listener starts"),
     (("blob_store",), "blob_store", "the storage is opened at start"),
     (("metadata_store",), "metadata_store", "the storage is opened at start"),
 )

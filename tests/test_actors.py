@@ -13,7 +13,7 @@ from app import errors
 from app.actors.bridge import ActorHandle, AsyncActor, ask
 from app.actors.locks import LockActor, Locks
 from app.actors.manifest_index import ManifestIndexActor, page
-from app.actors.uploads import UploadActor, UploadBusy
+from app.actors.uploads import UploadActor, UploadBusy, UploadLimits
 
 
 class Sleeper(AsyncActor):
@@ -148,3 +148,73 @@ async def test_manifest_index_push_times() -> None:
     assert await index.call("pushed_at", "ns", "pushed") == 1234.5
     index.tell("delete_tag", "ns", "pushed")
     assert await index.call("pushed_at", "ns", "pushed") is None
+
+
+async def test_manifest_index_keeps_nothing_for_unknown_names_and_digests() -> None:
+    index = ActorHandle(ManifestIndexActor.start())
+    for i in range(100):
+        generation = await index.call("generation", f"unknown{i}")
+        assert await index.call("load_tags", f"unknown{i}", {}, generation) is False
+        assert await index.call("load_referrers", "ns", f"sha256:{i}", [], generation) is False
+        assert await index.call("list_tags", f"unknown{i}", None, None) is None
+    assert await index.call("cached_namespaces") == 0
+
+
+async def test_manifest_index_drops_least_recently_used_namespaces() -> None:
+    index = ActorHandle(ManifestIndexActor.start(2))
+    for name in ("a", "b"):
+        index.tell("set_tag", name, "v1", f"sha256:{name}")
+    assert await index.call("resolve", "a", "v1") == "sha256:a"  # a is now the most recent
+    index.tell("set_tag", "c", "v1", "sha256:c")  # drops b
+    assert await index.call("cached_namespaces") == 2
+    assert await index.call("resolve", "b", "v1") is None
+    assert await index.call("resolve", "a", "v1") == "sha256:a"
+    index.tell("configure", 1)
+    assert await index.call("cached_namespaces") == 1
+
+
+async def test_manifest_index_fill_read_before_a_change_is_dropped_even_after_eviction() -> None:
+    index = ActorHandle(ManifestIndexActor.start(1))
+    before = await index.call("generation", "a")  # a listing of `a` starts reading storage
+    index.tell("set_tag", "a", "new", "sha256:1")  # a push lands meanwhile
+    index.tell("set_tag", "b", "v1", "sha256:2")  # and `a` is dropped from the cache
+    assert await index.call("cached_namespaces") == 1
+    assert await index.call("load_tags", "a", {"old": "sha256:0"}, before) is False
+    assert await index.call("fill_tag", "a", "old", "sha256:0", before) is False
+    descriptor = {"digest": "sha256:3"}
+    assert await index.call("load_referrers", "a", "sha256:9", [descriptor], before) is False
+    after = await index.call("generation", "a")  # read after the change: applies
+    assert await index.call("load_tags", "a", {"new": "sha256:1"}, after) is True
+    assert await index.call("list_tags", "a", None, None) == (["new"], False)
+
+
+async def test_upload_actor_caps_sessions_in_all_and_per_client() -> None:
+    uploads = ActorHandle(UploadActor.start(UploadLimits(max_sessions=3, max_per_client=2)))
+    await uploads.call("create", "ns", "a1", time.time(), "alice")
+    await uploads.call("create", "ns", "a2", time.time(), "alice")
+    with pytest.raises(errors.RegistryError) as refused:
+        await uploads.call("create", "ns", "a3", time.time(), "alice")
+    assert refused.value.status == 429 and refused.value.headers["Retry-After"]
+    await uploads.call("create", "ns", "b1", time.time(), "bob")
+    with pytest.raises(errors.RegistryError, match="max_upload_sessions"):
+        await uploads.call("create", "ns", "c1", time.time(), "carol")
+    uploads.tell("forget", "a1")
+    await uploads.call("create", "ns", "a3", time.time(), "alice")
+    assert await uploads.call("count") == 3
+
+
+async def test_upload_actor_expires_idle_sessions_but_not_leased_ones() -> None:
+    uploads = ActorHandle(UploadActor.start(UploadLimits(timeout=0.2, max_sessions=2)))
+    await uploads.call("create", "ns", "idle", time.time(), "alice")
+    await uploads.call("create", "ns", "busy", time.time(), "alice")
+    await uploads.call("lease", "ns", "busy")
+    await asyncio.sleep(0.3)
+    assert await uploads.call("expire_idle", 100) == [("ns", "idle")]
+    for method in ("lease", "status"):  # refused while its folder is being removed
+        with pytest.raises(errors.BlobUploadUnknown):
+            await uploads.call(method, "ns", "idle")
+    assert await uploads.call("holds", "idle") is True
+    uploads.tell("expired", ["idle"])
+    assert await uploads.call("holds", "idle") is False
+    assert await uploads.call("lease", "ns", "idle") is None  # now looked up in storage
+    await uploads.call("create", "ns", "new", time.time(), "alice")  # its slot is free

@@ -11,7 +11,7 @@ from pathlib import Path
 import requests
 from argon2 import PasswordHasher
 
-from app.auth.basic import MAX_PENDING, WORKERS
+from app.auth.verification import MAX_PENDING, WORKERS
 from tests.helpers.server import RegistryProcess
 
 MIB = 1024 * 1024

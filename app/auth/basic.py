@@ -1,14 +1,15 @@
 """Basic credentials against `[auth.identity.*]`: Argon2id verification off the loop, bounded and cached.
 
 Argon2id costs ~0.1 s and 64 MiB per verification by design. So:
-- verifications run in a small process-wide thread pool (the loop never waits on one), and at most
-  `MAX_PENDING` may be running or queued at once: beyond that a request gets 429 at once, so a flood of
-  wrong passwords cannot grow memory or latency without bound;
+- verifications run in a small process-wide thread pool (the loop never waits on one), shared fairly
+  between usernames and client addresses (app/auth/verification.py): a flood of wrong passwords fills
+  its own lane and gets 429, the logins of other users keep their turns, memory stays bounded;
+- an address that keeps guessing one username is backed off from it (app/auth/lockout.py);
 - a success is cached under an HMAC of the credentials with a per-process random key (never the
   password), for `SUCCESS_TTL` seconds; a configuration reload builds a new verifier, hence a new cache;
 - a failure is remembered the same way for a shorter time, so a client retrying one wrong password
   costs nothing;
-- an unknown username is verified against a dummy hash with the same parameters, so it costs the same
+- an unknown username is verified against a configured hash (the result ignored), so it costs the same
   time as a wrong password.
 
 argon2-cffi (and cffi) is imported only once an identity is configured: a registry without Basic
@@ -17,26 +18,18 @@ identities never loads it.
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import hashlib
 import hmac
 import secrets
-import threading
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from app import errors
 from app.config import IdentityConfig
 from app.ttlcache import TTLCache
 
 if TYPE_CHECKING:
-    from argon2 import Parameters, PasswordHasher
+    from argon2 import PasswordHasher
 
-WORKERS = 2
-MAX_PENDING = 16
 SUCCESS_TTL = 300.0
 FAILURE_TTL = 30.0
 CACHE_SIZE = 4096
@@ -67,35 +60,6 @@ def password_fingerprint(phc_hash: str) -> str:
     return hashlib.sha256(phc_hash.encode()).hexdigest()[:16]
 
 
-class VerificationPool:
-    """The argon2 threads and the admission bound, shared by every configuration generation."""
-
-    def __init__(self, workers: int = WORKERS, max_pending: int = MAX_PENDING) -> None:
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="argon2")
-        self._max_pending = max_pending
-        self._pending = 0
-        self._lock = threading.Lock()
-
-    def _release(self, _future: Future[bool]) -> None:
-        with self._lock:
-            self._pending -= 1
-
-    async def run(self, check: Callable[..., bool], *args: Any) -> bool:
-        with self._lock:
-            if self._pending >= self._max_pending:
-                raise errors.TooManyRequests("too many password verifications in progress; retry later",
-                                             headers={"Retry-After": "1"})
-            self._pending += 1
-        # Released when the thread is done, not when the caller stops waiting: the bound is on real work.
-        future = self._executor.submit(check, *args)
-        future.add_done_callback(self._release)
-        return await asyncio.wrap_future(future)
-
-    def warm(self, parameters: Parameters) -> None:
-        """Compute the dummy hash in the background, outside the admission bound."""
-        self._executor.submit(dummy_hash, parameters)
-
-
 def verify_password(phc_hash: str, password: str) -> bool:
     from argon2.exceptions import InvalidHashError, VerificationError
 
@@ -105,37 +69,11 @@ def verify_password(phc_hash: str, password: str) -> bool:
         return False
 
 
-def verify_unknown_user(parameters: Parameters, password: str) -> bool:
-    """The same work as a wrong password for a known user; always False."""
-    verify_password(dummy_hash(parameters), password)
+def verify_unknown_user(decoy: str, password: str) -> bool:
+    """The same work as a wrong password for a known user (a verification against a configured hash of
+    the same cost); always False, whatever it finds."""
+    verify_password(decoy, password)
     return False
-
-
-_dummy_hashes: dict[tuple[Any, ...], str] = {}
-_dummy_lock = threading.Lock()
-
-
-def dummy_hash(parameters: Parameters) -> str:
-    """A hash of a random password with these parameters: what unknown usernames are verified against."""
-    key = dataclasses.astuple(parameters)
-    with _dummy_lock:
-        found = _dummy_hashes.get(key)
-        if found is None:
-            from argon2 import PasswordHasher
-
-            hasher = PasswordHasher.from_parameters(parameters)
-            found = _dummy_hashes[key] = hasher.hash(secrets.token_urlsafe(16))
-        return found
-
-
-_pool: VerificationPool | None = None
-
-
-def verification_pool() -> VerificationPool:
-    global _pool
-    if _pool is None:
-        _pool = VerificationPool()
-    return _pool
 
 
 class BasicVerifier:
@@ -150,16 +88,12 @@ class BasicVerifier:
                                   password_fingerprint(identity.password))
             self._by_username[identity.username] = (known, identity.password)
             self._by_id[identity_id] = known
+        # Unknown usernames are verified against a configured hash: the same cost as a wrong password, and
+        # no decoy hash to compute (64 MiB at every start and reload) or to keep.
         first = next(iter(identities.values()), None)
-        self._dummy_parameters: Parameters | None = None
-        if first is not None:
-            from argon2 import extract_parameters
-
-            self._dummy_parameters = extract_parameters(first.password)
+        self._decoy: str | None = first.password if first is not None else None
         self._successes: TTLCache[BasicIdentity] = TTLCache(CACHE_SIZE, SUCCESS_TTL)
         self._failures: TTLCache[bool] = TTLCache(CACHE_SIZE, FAILURE_TTL)
-        if self._dummy_parameters is not None:
-            verification_pool().warm(self._dummy_parameters)
 
     @property
     def configured(self) -> bool:
@@ -173,23 +107,38 @@ class BasicVerifier:
         message = f"{len(username)}:{username}:{password}".encode("utf-8", "surrogatepass")
         return hmac.digest(self._key, message, "sha256")
 
-    async def verify(self, username: str, password: str) -> BasicIdentity | None:
-        """The identity these credentials name, or None when they are wrong (or the user unknown)."""
+    async def verify(self, username: str, password: str, address: str | None = None) -> BasicIdentity | None:
+        """The identity these credentials name, or None when they are wrong (or the user unknown).
+
+        `address` is the client's: its wrong passwords are counted, and it is backed off from a
+        username it keeps guessing (app/auth/lockout.py) while other clients are not."""
         key = self._credential_key(username, password)
         cached = self._successes.get(key)
         if cached is not None:
             return cached
         if self._failures.get(key):
             return None
+        from app.auth.lockout import lockouts
+        from app.auth.verification import UNKNOWN_USERS, verification_pool
+
         entry = self._by_username.get(username)
+        lane = username if entry is not None else UNKNOWN_USERS
+        client = address or "unknown"
+        lockouts().check(client, lane)
+        suspect = lockouts().suspect(client)
         if entry is None:
-            if self._dummy_parameters is not None:
-                await verification_pool().run(verify_unknown_user, self._dummy_parameters, password)
+            if self._decoy is not None:
+                await verification_pool().run(lane, client, verify_unknown_user, self._decoy, password,
+                                              suspect=suspect)
             self._failures.put(key, True)
+            lockouts().failed(client, lane)
             return None
-        if not await verification_pool().run(verify_password, entry[1], password):
+        if not await verification_pool().run(lane, client, verify_password, entry[1], password,
+                                             suspect=suspect):
             self._failures.put(key, True)
+            lockouts().failed(client, lane)
             return None
+        lockouts().succeeded(client, lane)
         identity = entry[0]
         self._successes.put(key, identity)
         return identity

@@ -143,7 +143,7 @@ class Authenticator:
         if not self.basic.configured:
             auth_attempts.labels("basic", "failure").inc()
             raise self.unauthorized("Basic credentials are not accepted by this registry")
-        found = await self.basic.verify(username, password)
+        found = await self.basic.verify(username, password, base.client_ip)
         if found is None:
             auth_attempts.labels("basic", "failure").inc()
             raise self.unauthorized("invalid username or password")

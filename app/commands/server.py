@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from app import errors
+from app import errors, housekeeping
 from app.config import Config, ConfigError, default_config_files
 from app.context import Registry, build_registry
 from app.http.app import build_app
+from app.http.connections import Runner
 from app.memory import trimming
 
 if TYPE_CHECKING:
@@ -55,9 +56,10 @@ async def serve(config: Config, ready: asyncio.Event | None = None, files: list[
         tls = ServerTLS(config.server.tls)
     registry = build_registry(config)
     await _prepare_token_key(registry)
+    await housekeeping.start(registry)  # old temporary files removed; upload sessions expire on a timer
     app = build_app(registry)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=config.server.query_timeout_grace_period)
+    runner = Runner(app, config.global_.limits, access_log=None, handle_signals=False,
+                    shutdown_timeout=config.server.query_timeout_grace_period)
     await runner.setup()
     site = web.TCPSite(runner, config.server.bind_address, config.server.port, reuse_address=True,
                        backlog=1024, ssl_context=tls.context if tls is not None else None)

@@ -18,10 +18,10 @@ from dataclasses import replace
 from aiohttp import web
 
 from app import errors
-from app.auth import scopes
 from app.auth.identity import Identity
 from app.context import Registry
 from app.grammar import Digest
+from app.http import router
 from app.http.router import Route
 from app.policy import AccessRequest
 
@@ -51,7 +51,7 @@ def access_request(request: web.Request, route: Route) -> AccessRequest:
         method=request.method,
         scheme=request.scheme,
         host=request.host,
-        uri=request.raw_path,
+        uri=router.origin_form(request.raw_path),
         headers=request.headers,
     )
 
@@ -71,6 +71,8 @@ async def check(request: web.Request, route: Route, registry: Registry) -> None:
             authenticator.tokens is not None or (route.kind == "base" and authenticator.accepts_credentials)):
         raise errors.Unauthorized("authentication required")
     if identity.grants is not None and not identity.grants.covers(route.action, route.namespace):
+        from app.auth import scopes
+
         raise errors.InsufficientScope(
             f"access denied: the token grants no {scopes.REQUIRED.get(route.action, route.action)} on "
             f"{route.namespace or 'the registry'} (not allowed, or not requested)")

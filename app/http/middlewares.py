@@ -12,10 +12,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from app import errors
-from app.auth.challenge import BASIC_REALM, INSUFFICIENT_SCOPE
 from app.context import Registry
 from app.http import access, router
-from app.http.mirrors import mirror_route
+from app.http.admission import Admission
 from app.http.responses import API_VERSION_HEADER, error_response
 from app.services.uploads import ClientDisconnected
 from app.storage import StorageError
@@ -27,8 +26,6 @@ log = logging.getLogger("registry")
 REGISTRY_KEY = web.AppKey("registry", Registry)
 ROUTE_KEY = "route"
 ERROR_KEY = "error"
-# How long a request waits for a slot when max_concurrent_requests are in flight, before 503.
-QUEUE_WAIT_SECONDS = 30.0
 
 
 @web.middleware
@@ -106,34 +103,35 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def _challenge(request: web.Request, error: errors.RegistryError) -> str:
     """What this 401 asks the client to do, for the route it asked for (Bearer with a scope, or Basic)."""
+    from app.auth.challenge import BASIC_REALM, INSUFFICIENT_SCOPE, Challenger
+
     route = request.get(ROUTE_KEY)
-    registry = request.app[REGISTRY_KEY]
     if isinstance(route, router.Route) and route.kind == "token":
         return f'Basic realm="{BASIC_REALM}"'  # the token endpoint takes credentials as Basic
+    challenger = Challenger(request.app[REGISTRY_KEY].config)
     insufficient = INSUFFICIENT_SCOPE if isinstance(error, errors.InsufficientScope) else None
     if isinstance(route, router.Route):
-        return registry.challenger.header(request, route.action, route.namespace, insufficient)
-    return registry.challenger.header(request, None, None, insufficient)
+        return challenger.header(request, route.action, route.namespace, insufficient)
+    return challenger.header(request, None, None, insufficient)
 
 
-def limit_middleware(limit: int) -> Middleware:
-    slots = asyncio.Semaphore(limit)
+def admission_middleware(limit: int) -> Middleware:
+    """Request slots and per-client limits (app/http/admission.py); health probes always get through."""
+    admission: Admission | None = None
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal admission
         if request.path in ("/healthz", "/health", "/readyz"):
             return await handler(request)
-        try:
-            await asyncio.wait_for(slots.acquire(), QUEUE_WAIT_SECONDS)
-        except TimeoutError:
-            raise errors.RegistryError("too many concurrent requests; retry later", status=503,
-                                       headers={"Retry-After": "1"}) from None
-        try:
+        registry = request.app[REGISTRY_KEY]
+        if admission is None:
+            admission = Admission(limit, registry.config.global_.limits)
+        admission.limits = registry.config.global_.limits  # a live reload may have changed them
+        client = registry.authenticator.client_ip(request) or "unknown"
+        async with admission.request(request, client):
             return await handler(request)
-        finally:
-            slots.release()
 
-    middleware.__name__ = "limit_middleware"
     return middleware
 
 
@@ -154,8 +152,11 @@ def timeout_middleware(seconds: float) -> Middleware:
 async def route_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Route once (on the raw path), then authenticate and authorize before any handler runs."""
     route = router.resolve(request.method, request.raw_path, mount="mount" in request.query)
-    # containerd's `?ns=<host>`: the repository mirroring that host serves it (app/http/mirrors.py).
-    route = mirror_route(route, request, request.app[REGISTRY_KEY].config.repository)
+    if "ns" in request.query:
+        # containerd's `?ns=<host>`: the repository mirroring that host serves it (app/http/mirrors.py).
+        from app.http.mirrors import mirror_route
+
+        route = mirror_route(route, request, request.app[REGISTRY_KEY].config.repository)
     request[ROUTE_KEY] = route
     await access.check(request, route, request.app[REGISTRY_KEY])
     return await handler(request)

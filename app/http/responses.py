@@ -10,6 +10,9 @@ import aiohttp
 from aiohttp import web
 
 from app import errors
+from app.digits import decimal_at_most
+from app.http import admission
+from app.http.transfers import TransferGuard, TransferTooSlow, reset
 from app.services.uploads import ClientDisconnected
 
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
@@ -38,21 +41,33 @@ def head(status: int, length: int, headers: dict[str, str], content_type: str) -
 
 
 async def body_stream(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives; ClientDisconnected when the client goes away mid-body."""
+    """The request body as it arrives; ClientDisconnected when the client goes away mid-body, or when
+    it stalls or crawls below the minimum rate (then the connection is closed: app/http/transfers.py).
+
+    Receiving a body is waiting on the client: the request gives its admission slot back first."""
+    admission.begin_transfer(request)
+    guard = TransferGuard(admission.limits_of(request))
     expected = request.content_length
     received = 0
     try:
         while True:
-            chunk = await request.content.readany()
+            chunk = await guard.wait(request.content.readany)
             if not chunk:
                 break
             received += len(chunk)
+            guard.moved(len(chunk))
             yield chunk
     except (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.HttpProcessingError) as exc:
         tail = _still_buffered(request.content)
         if tail:
             yield tail  # it arrived before the client went away: it is kept too
         raise ClientDisconnected(str(exc)) from exc
+    except TransferTooSlow as exc:
+        reset(request.transport)  # a slow client's connection is not kept for another request
+        tail = _still_buffered(request.content)
+        if tail:
+            yield tail
+        raise ClientDisconnected(f"request body cut: {exc}") from exc
     if expected is not None and received < expected:
         raise ClientDisconnected(f"body ended after {received} of {expected} bytes")
 
@@ -91,12 +106,14 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
 
 
 def pagination(request: web.Request, default: int | None, maximum: int) -> int | None:
+    """`n`: ASCII digits only (`²` is no number); any larger value, however long, is `maximum`."""
     raw = request.query.get("n")
     if raw is None or raw == "":
         return default
-    if not raw.isdigit():
+    n = decimal_at_most(raw, maximum)
+    if n is None:
         raise errors.PaginationInvalid(f"n must be a non-negative integer, not {raw[:50]!r}")
-    return min(int(raw), maximum)
+    return n
 
 
 def next_link(path: str, last: str, n: int) -> str:

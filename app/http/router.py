@@ -79,8 +79,21 @@ def _match(path: str) -> tuple[str, dict[str, str]]:
     raise errors.NotFound(f"no such endpoint: {path[:200]}")
 
 
+_ABSOLUTE_FORM = re.compile(r"(?i)https?://[^/?#]*")
+
+
+def origin_form(raw_target: str) -> str:
+    """The path (and query) of a request target: RFC 9112 requires servers to accept the absolute form
+    (`GET http://host/v2/ HTTP/1.1`, what some proxies send), whose authority says nothing here."""
+    match = _ABSOLUTE_FORM.match(raw_target)
+    if match is None:
+        return raw_target
+    rest = raw_target[match.end():]
+    return rest if rest.startswith("/") else "/" + rest
+
+
 def resolve(method: str, raw_path: str, mount: bool = False) -> Route:
-    path = raw_path.split("?", 1)[0]
+    path = origin_form(raw_path).split("?", 1)[0]
     kind, parts = _match(path)
     verb = "GET" if method == "HEAD" else method
     action = ACTIONS.get((kind, verb))

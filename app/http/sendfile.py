@@ -1,24 +1,32 @@
-"""Zero-copy blob bodies: `os.sendfile` one segment at a time in a worker thread.
+"""Zero-copy blob bodies: `os.sendfile` one segment at a time in a worker thread, never waiting there.
 
 uvloop implements no `loop.sendfile` and refuses to watch a socket that a transport owns, so the
-kernel copy runs in a thread: each job sends at most one segment and waits for writability with
-`poll()` there (the loop only watches the socket for reads, and nothing else writes to the transport
-while a body is being sent). Short jobs keep a slow client from pinning a thread, and a segment
-bounded to a few MiB keeps the loop free, as with asyncio's own sendfile.
+kernel copy runs in a thread. A worker only ever copies what the socket accepts right now (the socket
+is non-blocking) and returns; when the client's receive window is full, the wait for writability
+happens in one watcher thread that multiplexes every waiting socket (epoll/kqueue through
+`selectors`), not in the pool. So a stalled reader costs one registered descriptor, never a pool
+thread: twenty clients that request a blob and never read cannot make everyone else's downloads wait.
+
+A segment is bounded to a few MiB so each job is short and the loop stays free, as with asyncio's own
+sendfile. The transfer guard (app/http/transfers.py) cuts a reader that stalls or crawls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
+import selectors
 import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from app.http.transfers import TransferGuard, reset
+
 SEGMENT = 4 * 1024 * 1024
-POLL_MS = 1000
-_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sendfile")
+_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sendfile")
 
 
 class ClientGone(ConnectionResetError):
@@ -29,40 +37,96 @@ def supported() -> bool:
     return hasattr(os, "sendfile") and hasattr(select, "poll")
 
 
-def _send_segment(socket_fd: int, file_fd: int, offset: int, count: int, stalled_after: float,
-                  stop: threading.Event) -> int:
-    """Send up to `count` bytes; returns how many were sent. Raises TimeoutError when the client
-    accepts nothing for `stalled_after` seconds, ClientGone when it went away or `stop` is set."""
-    poller = select.poll()
-    poller.register(socket_fd, select.POLLOUT)
+def _send_available(socket_fd: int, file_fd: int, offset: int, count: int) -> int:
+    """Copy up to `count` bytes, as many as the socket takes without blocking: the number sent, 0 when
+    the socket is full now, -1 at the end of the file. ClientGone when the client went away."""
     sent = 0
-    waited = 0.0
     while sent < count:
         try:
             n = os.sendfile(socket_fd, file_fd, offset + sent, count - sent)
         except BlockingIOError:
-            n = -1
+            return sent
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ClientGone(str(exc)) from exc
         if n == 0:
-            break  # end of file
-        if n > 0:
-            sent += n
-            waited = 0.0
-            continue
-        if stop.is_set():
-            raise ClientGone("the request was cancelled")
-        events = poller.poll(POLL_MS)
-        if not events:
-            waited += POLL_MS / 1000
-            if waited >= stalled_after:
-                raise TimeoutError(f"client accepted no data for {stalled_after:.0f}s")
-        elif any(flags & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, flags in events):
-            raise ClientGone("client went away")
+            return sent if sent else -1
+        sent += n
     return sent
 
 
-async def send(transport: Any, file_fd: int, offset: int, count: int, stalled_after: float = 300.0) -> None:
+class _Watcher:
+    """One thread waiting for many sockets to become writable; each waiter gets an asyncio future."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._requests: deque[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="sendfile-watcher", daemon=True)
+        self._thread.start()
+
+    def writable(self, fd: int) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._requests.append((fd, loop, future))
+        os.write(self._wake_write, b"x")
+        return future
+
+    def _run(self) -> None:
+        waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+        while True:
+            for key, _ in self._selector.select(timeout=1.0):
+                if key.fd == self._wake_read:
+                    try:
+                        while os.read(self._wake_read, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    continue
+                self._selector.unregister(key.fd)
+                loop, future = waiting.pop(key.fd)
+                _resolve(loop, future)
+            with self._lock:
+                requests, self._requests = self._requests, deque()
+            for fd, loop, future in requests:
+                if fd in waiting:  # a previous wait on this descriptor was cancelled: replace it
+                    self._selector.unregister(fd)
+                    _resolve(*waiting.pop(fd))
+                try:
+                    self._selector.register(fd, selectors.EVENT_WRITE)
+                except (OSError, ValueError):  # closed meanwhile: let the sender find out
+                    _resolve(loop, future)
+                    continue
+                waiting[fd] = (loop, future)
+            for fd, (_loop, future) in list(waiting.items()):
+                if future.done():  # the sender gave up (cancelled, timed out)
+                    self._selector.unregister(fd)
+                    del waiting[fd]
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed
+        loop.call_soon_threadsafe(resolve)
+
+
+_watcher: _Watcher | None = None
+
+
+def _writability() -> _Watcher:
+    global _watcher
+    if _watcher is None:
+        _watcher = _Watcher()
+    return _watcher
+
+
+async def send(transport: Any, file_fd: int, offset: int, count: int, guard: TransferGuard) -> None:
     """Send `count` bytes of the file from `offset` on the transport's socket, then return."""
     sock = transport.get_extra_info("socket")
     if sock is None:
@@ -78,7 +142,7 @@ async def send(transport: Any, file_fd: int, offset: int, count: int, stalled_af
         os.close(file_fd)
 
     loop = asyncio.get_running_loop()
-    stop = threading.Event()
+    watcher = _writability()  # started with the first body sent, not with the first stalled client
     done = 0
     job: Future[int] | None = None  # the thread's own future: done only when the worker returned
     try:
@@ -86,16 +150,17 @@ async def send(transport: Any, file_fd: int, offset: int, count: int, stalled_af
             if transport.is_closing():
                 raise ClientGone("client went away")
             segment = min(SEGMENT, count - done)
-            job = _executor.submit(_send_segment, socket_fd, file_fd, offset + done, segment, stalled_after,
-                                   stop)
+            job = _executor.submit(_send_available, socket_fd, file_fd, offset + done, segment)
             try:
                 sent = await asyncio.wrap_future(job, loop=loop)
-            except (ClientGone, TimeoutError, asyncio.CancelledError):
-                stop.set()  # a worker still waiting on a stalled client gives up within POLL_MS
-                transport.abort()  # never reuse a connection whose body was cut short
+                if sent < 0:
+                    raise ConnectionResetError("the blob file ended early")
+                guard.moved(sent)
+                if sent == 0:  # the client's window is full: wait for it without holding a thread
+                    await guard.wait(lambda: watcher.writable(socket_fd))
+            except BaseException:
+                reset(transport)  # never reuse a connection whose body was cut short
                 raise
-            if sent == 0:
-                raise ConnectionResetError("the blob file ended early")
             done += sent
     finally:
         if job is not None and not job.done():

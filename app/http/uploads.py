@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from app import errors
+from app.auth.identity import Identity
 from app.context import Registry
 from app.grammar import Digest, validate_name
 from app.http import access
@@ -25,25 +26,39 @@ def _blob_created(namespace: str, digest: Digest) -> web.Response:
     return empty(201, {"Location": f"/v2/{namespace}/blobs/{digest}", "Docker-Content-Digest": str(digest)})
 
 
+def upload_client(request: web.Request) -> str:
+    """Whom a session counts against for `max_upload_sessions_per_client`: the authenticated identity,
+    else the client address (the forwarded one behind a trusted proxy)."""
+    identity = request.get(access.IDENTITY_KEY)
+    if isinstance(identity, Identity):
+        if not identity.anonymous:
+            return f"identity:{identity.subject or identity.id or ''}"
+        if identity.client_ip:
+            return f"address:{identity.client_ip}"
+    return f"address:{request.remote or 'unknown'}"
+
+
 async def start_upload(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
     namespace = route.namespace
     assert namespace is not None
-    mount = request.query.get("mount")
-    if mount is not None:
-        digest = Digest.parse(mount)
-        source = request.query.get("from")
-        if source is not None:
-            validate_name(source)
-        if (await access.may_mount(request, route, registry, digest, source)
-                and await registry.blobs_for(namespace).mount(namespace, digest, source)):
-            return _blob_created(namespace, digest)
-        await access.require_upload(request, route, registry)  # the fallback is a new upload session
-    upload_id = await registry.uploads_for(namespace).start(namespace)
+    # Every parameter is checked before anything is created: a bad one answers 400 and leaves no session.
+    mount_param = request.query.get("mount")
+    mount = Digest.parse(mount_param) if mount_param is not None else None
+    source = request.query.get("from")
+    if mount is not None and source is not None:
+        validate_name(source)
     digest_param = request.query.get("digest")
-    if digest_param is not None:
-        digest = Digest.parse(digest_param)
+    digest = Digest.parse(digest_param) if digest_param is not None else None
+    if mount is not None:
+        if (await access.may_mount(request, route, registry, mount, source)
+                and await registry.blobs_for(namespace).mount(namespace, mount, source)):
+            return _blob_created(namespace, mount)
+        await access.require_upload(request, route, registry)  # the fallback is a new upload session
+    uploads = registry.uploads_for(namespace)
+    upload_id = await uploads.start(namespace, upload_client(request))
+    if digest is not None:
         body = body_stream(request) if has_body(request) else None
-        await registry.uploads_for(namespace).complete(namespace, upload_id, digest, body)
+        await uploads.complete(namespace, upload_id, digest, body)
         return _blob_created(namespace, digest)
     return empty(202, _session_headers(namespace, upload_id, 0))
 

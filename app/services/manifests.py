@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from app import errors, manifest
@@ -16,6 +19,17 @@ from app.immutable import ImmutableTags
 from app.services.blobs import BlobService
 from app.services.links import read_link, write_link
 from app.storage import Storage, layout
+from app.storage import locks as lock_names
+
+# Reference checks one PUT has in flight: the storage thread pool is shared by every request, and a
+# manifest with thousands of layers must not queue thousands of stats ahead of everyone else's.
+REFERENCE_CHECKS_IN_FLIGHT = 8
+# Hashing and parsing a manifest larger than this (~1 ms of CPU per 10 KiB) runs on a thread of its
+# own, so the event loop keeps serving other requests meanwhile. One thread: the work holds the GIL,
+# more threads would not be faster, and each would take the GIL from the loop in turn (json.loads of
+# 4 MiB holds it ~50 ms in one piece): concurrent huge PUTs queue there, small ones parse at once.
+PARSE_IN_THREAD_ABOVE = 64 * 1024
+_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest-parse")  # threads start lazily
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,28 +50,31 @@ class ManifestService:
     immutable_tags: ImmutableTags | None = None
 
     def __init__(self, storage: Storage, index: ActorHandle, locks: Locks, blobs: BlobService,
-                 max_manifest_size: int) -> None:
+                 max_manifest_size: int, max_manifest_references: int = manifest.MAX_REFERENCES) -> None:
         self.storage = storage
         self.index = index
         self.locks = locks
         self.blobs = blobs
         self.max_manifest_size = max_manifest_size
+        self.max_manifest_references = max_manifest_references
 
     # --- reading ------------------------------------------------------------------------------
     async def resolve_tag(self, namespace: str, tag: str) -> Digest:
         cached = await self.index.call("resolve", namespace, tag)
         if cached is not None:
             return Digest.parse(cached)
+        generation = await self.index.call("generation", namespace)
         digest = await read_link(self.storage, layout.tag_current_link(namespace, tag))
         if digest is None:
             raise errors.ManifestUnknown(f"manifest tagged {tag!r} is unknown in repository {namespace}")
-        self.index.tell("set_tag", namespace, tag, str(digest))
+        self.index.tell("fill_tag", namespace, tag, str(digest), generation)
         return digest
 
     async def get(self, namespace: str, reference: Digest | str) -> StoredManifest:
         digest = reference if isinstance(reference, Digest) else await self.resolve_tag(namespace, reference)
         key = str(digest)
         media_type = await self.index.call("revision", namespace, key)
+        generation = None if media_type is not None else await self.index.call("generation", namespace)
         if media_type is None and await self.storage.stat(layout.revision_link(namespace, digest)) is None:
             raise errors.ManifestUnknown(f"manifest {digest} is unknown in repository {namespace}")
         body = await self.index.call("body", key)
@@ -72,7 +89,7 @@ class ManifestService:
                 media_type = (await self.storage.get(layout.revision_media_type(namespace, digest))).decode()
             except FileNotFoundError:
                 media_type = manifest.sniff_media_type(body)
-            self.index.tell("add_revision", namespace, key, media_type)
+            self.index.tell("fill_revision", namespace, key, media_type, generation)
         return StoredManifest(digest, media_type, body)
 
     # --- writing ------------------------------------------------------------------------------
@@ -82,11 +99,12 @@ class ManifestService:
             raise errors.SizeInvalid(
                 f"manifest is {len(body)} bytes, more than max_manifest_size ({self.max_manifest_size})",
                 status=413)
-        algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
-        digest = Digest.of(body, algorithm)
-        if isinstance(reference, Digest) and reference != digest:
-            raise errors.DigestInvalid(f"manifest digest is {digest}, not {reference}")
-        parsed = manifest.parse(body, content_type, digest)
+        if len(body) > PARSE_IN_THREAD_ABOVE:
+            parsed = await asyncio.get_running_loop().run_in_executor(
+                _PARSER, self._validate, reference, body, content_type)
+        else:
+            parsed = self._validate(reference, body, content_type)
+        digest = parsed.digest
         await self._check_references(namespace, parsed)
         tags = list(dict.fromkeys(([] if isinstance(reference, Digest) else [reference]) + extra_tags))
         rules = self.immutable_tags
@@ -94,14 +112,30 @@ class ManifestService:
         for tag in immutable:  # fail before writing anything; checked again under the tag lock
             await self._check_immutable(namespace, tag, digest)
 
-        await self.store_revision(namespace, digest, body, parsed)
-
-        for tag in tags:
-            async with self.locks.hold(f"tag:{namespace}:{tag}"):
-                if tag in immutable:
-                    await self._check_immutable(namespace, tag, digest)
-                await self.set_tag(namespace, tag, digest)
+        # Under the manifest's lock from the revision to its tags: a DELETE of the same digest comes
+        # wholly before (then this PUT writes everything again) or wholly after (then it removes the
+        # tags too), never in between (a tag listed that names a removed revision).
+        async with self.locks.hold(lock_names.manifest(namespace, digest)):
+            await self.store_revision(namespace, digest, body, parsed)
+            for tag in tags:
+                async with self.locks.hold(lock_names.tag(namespace, tag)):
+                    if tag in immutable:
+                        await self._check_immutable(namespace, tag, digest)
+                    await self.set_tag(namespace, tag, digest)
         return PutResult(digest, parsed.subject)
+
+    def _validate(self, reference: Digest | str, body: bytes, content_type: str | None) -> manifest.Manifest:
+        """The digest and the parsed manifest of a PUT body (no I/O: runs in a thread when large)."""
+        algorithm = reference.algorithm if isinstance(reference, Digest) else "sha256"
+        digest = Digest.of(body, algorithm)
+        if isinstance(reference, Digest) and reference != digest:
+            raise errors.DigestInvalid(f"manifest digest is {digest}, not {reference}")
+        try:
+            return manifest.parse(body, content_type, digest, self.max_manifest_references)
+        except errors.RegistryError as exc:
+            # The parser's frames hold the parsed document (~10x the body): the error answered to the
+            # client must not keep them alive for the rest of the request.
+            raise exc.with_traceback(None) from None
 
     async def _check_immutable(self, namespace: str, tag: str, digest: Digest) -> None:
         current = await read_link(self.storage, layout.tag_current_link(namespace, tag))
@@ -115,7 +149,7 @@ class ManifestService:
         key = str(digest)
         if not await self.blobs.exists(digest):
             await self.storage.put(layout.blob_data(digest), body)
-        if manifest.sniff_media_type(body) != parsed.media_type:
+        if (parsed.sniffed_type or manifest.sniff_media_type(body)) != parsed.media_type:
             # Only a body that does not say what it is needs the media type kept beside it.
             await self.storage.put(layout.revision_media_type(namespace, digest), parsed.media_type.encode())
         await write_link(self.storage, layout.revision_link(namespace, digest), digest)
@@ -145,43 +179,51 @@ class ManifestService:
         return stat.modified
 
     async def _check_references(self, namespace: str, parsed: manifest.Manifest) -> None:
-        async def blob_known(descriptor: manifest.Descriptor) -> manifest.Descriptor | None:
-            return None if await self.blobs.is_linked(namespace, descriptor.digest) else descriptor
+        """Every referenced blob and child manifest exists in the namespace: each distinct digest
+        checked once (one layer may be listed thousands of times), a few at a time."""
+        async def child_known(digest: Digest) -> bool:
+            if await self.index.call("revision", namespace, str(digest)) is not None:
+                return True
+            return await self.storage.stat(layout.revision_link(namespace, digest)) is not None
 
-        async def child_known(descriptor: manifest.Descriptor) -> manifest.Descriptor | None:
-            if await self.index.call("revision", namespace, str(descriptor.digest)) is not None:
-                return None
-            known = await self.storage.stat(layout.revision_link(namespace, descriptor.digest))
-            return None if known is not None else descriptor
-
-        missing = [m for m in await asyncio.gather(
-            *(blob_known(d) for d in parsed.blobs), *(child_known(d) for d in parsed.children)) if m]
-        if missing:
+        blobs = list(dict.fromkeys(d.digest for d in parsed.blobs))
+        children = list(dict.fromkeys(d.digest for d in parsed.children))
+        checks: list[tuple[Digest, Callable[[], Awaitable[bool]]]] = [
+            *((d, partial(self.blobs.is_linked, namespace, d)) for d in blobs),
+            *((d, partial(child_known, d)) for d in children),
+        ]
+        failed = await first_false([check for _, check in checks], REFERENCE_CHECKS_IN_FLIGHT)
+        if failed is not None:
+            missing = checks[failed][0]
             raise errors.ManifestBlobUnknown(
-                f"manifest references {missing[0].digest}, which is unknown in repository {namespace}",
-                detail={"digest": str(missing[0].digest)})
+                f"manifest references {missing}, which is unknown in repository {namespace}",
+                detail={"digest": str(missing)})
 
     # --- deleting -----------------------------------------------------------------------------
     async def delete(self, namespace: str, reference: Digest | str) -> None:
         if not isinstance(reference, Digest):
-            async with self.locks.hold(f"tag:{namespace}:{reference}"):
+            async with self.locks.hold(lock_names.tag(namespace, reference)):
                 await self.resolve_tag(namespace, reference)
                 await self.storage.delete_tree(layout.tag_dir(namespace, reference))
                 self.index.tell("delete_tag", namespace, reference)
             return
-        stored = await self.get(namespace, reference)
-        tags = await self._all_tags(namespace)
-        for tag, target in tags.items():
-            if target == str(reference):
-                async with self.locks.hold(f"tag:{namespace}:{tag}"):
-                    await self.storage.delete_tree(layout.tag_dir(namespace, tag))
-        described = manifest.describe_stored(stored.body, stored.media_type, reference)
-        if described.subject is not None:
-            await self.storage.delete_tree(
-                layout.referrer_link(namespace, described.subject, reference).rsplit("/", 1)[0])
-            self.index.tell("remove_referrer", namespace, str(described.subject), str(reference))
-        await self.storage.delete_tree(layout.revision_dir(namespace, reference))
-        self.index.tell("drop_revision", namespace, str(reference))
+        async with self.locks.hold(lock_names.manifest(namespace, reference)):
+            stored = await self.get(namespace, reference)
+            tags = await self._all_tags(namespace)
+            for tag, target in tags.items():
+                if target != str(reference):
+                    continue
+                async with self.locks.hold(lock_names.tag(namespace, tag)):
+                    # A PUT of another manifest may have moved the tag since it was listed: keep it then.
+                    if await read_link(self.storage, layout.tag_current_link(namespace, tag)) == reference:
+                        await self.storage.delete_tree(layout.tag_dir(namespace, tag))
+            described = manifest.describe_stored(stored.body, stored.media_type, reference)
+            if described.subject is not None:
+                await self.storage.delete_tree(
+                    layout.referrer_link(namespace, described.subject, reference).rsplit("/", 1)[0])
+                self.index.tell("remove_referrer", namespace, str(described.subject), str(reference))
+            await self.storage.delete_tree(layout.revision_dir(namespace, reference))
+            self.index.tell("drop_revision", namespace, str(reference))
 
     # --- listing ------------------------------------------------------------------------------
     async def _all_tags(self, namespace: str) -> dict[str, str]:
@@ -210,6 +252,7 @@ class ManifestService:
                         artifact_type: str | None) -> list[dict[str, Any]]:
         descriptors = await self.index.call("referrers", namespace, str(subject))
         if descriptors is None:
+            generation = await self.index.call("generation", namespace)
             descriptors = []
             base = layout.referrers_dir(namespace, subject)
             for algorithm in await self.storage.list_dir(base):
@@ -221,7 +264,7 @@ class ManifestService:
                         continue  # a dangling referrer link (scrub repairs it)
                     described = manifest.describe_stored(stored.body, stored.media_type, digest)
                     descriptors.append(described.referrer_descriptor())
-            self.index.tell("load_referrers", namespace, str(subject), descriptors)
+            self.index.tell("load_referrers", namespace, str(subject), descriptors, generation)
         if artifact_type is not None:
             descriptors = [d for d in descriptors if d.get("artifactType") == artifact_type]
         return sorted(descriptors, key=lambda d: d["digest"])
@@ -247,3 +290,28 @@ class ManifestService:
 
         await visit("")
         return found
+
+
+async def first_false(checks: Sequence[Callable[[], Awaitable[bool]]], limit: int) -> int | None:
+    """Run `checks` with at most `limit` in flight: the index of the first one (in order) that answers
+    False, None when all answer True. No check starts once one answered False."""
+    failed: list[int] = []
+    started = 0
+
+    async def worker() -> None:
+        nonlocal started
+        while started < len(checks) and not failed:
+            index, started = started, started + 1
+            if not await checks[index]():
+                failed.append(index)
+
+    # Checks start in order, so every check before the lowest failed index was started: that index
+    # is the first failing one overall.
+    workers = [asyncio.ensure_future(worker()) for _ in range(min(limit, len(checks)))]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for task in workers:
+            task.cancel()
+        raise
+    return min(failed) if failed else None

@@ -157,7 +157,7 @@ class PullThroughManifests:
         metrics.upstream_bytes(self.mirror.prefix, len(body))
         digest = self._verify(body, reference, announced, client)
         try:
-            parsed = manifest.parse(body, content_type, digest)
+            parsed = manifest.parse(body, content_type, digest, self.local.max_manifest_references)
         except errors.RegistryError as exc:
             metrics.upstream_error(self.mirror.prefix)
             raise UpstreamInvalid(f"upstream {client.name} sent an unusable {what}: {exc.message}") from None

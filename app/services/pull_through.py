@@ -37,7 +37,7 @@ class ReadOnlyUploads:
     def __init__(self, mirror: Mirror) -> None:
         self.mirror = mirror
 
-    async def start(self, namespace: str) -> str:
+    async def start(self, namespace: str, client: str | None = None) -> str:
         raise read_only(self.mirror)
 
     async def status(self, namespace: str, upload_id: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
@@ -13,7 +14,8 @@ from typing import Any
 from app import errors
 from app.actors.bridge import ActorHandle
 from app.actors.locks import Locks
-from app.actors.uploads import Lease
+from app.actors.uploads import Lease, UploadBusy, UploadLimits
+from app.digits import decimal
 from app.grammar import Digest
 from app.services.blobs import BlobService
 from app.storage import Storage, layout
@@ -26,21 +28,33 @@ class ContentRange:
 
     @classmethod
     def parse(cls, header: str | None) -> ContentRange | None:
+        """`<start>-<end>` (or `bytes <start>-<end>/<total>`): ASCII digits, at most 19 of them (no
+        upload reaches 10**19 bytes), `end >= start`; anything else is 416."""
         if header is None:
             return None
         text = header.strip()
         if text.startswith("bytes "):
             text = text[6:].split("/", 1)[0]
-        start, sep, end = text.partition("-")
-        if not sep or not start.isdigit() or not end.isdigit() or int(end) < int(start):
+        first, sep, last = text.partition("-")
+        start, end = decimal(first), decimal(last)
+        if not sep or start is None or end is None or end < start:
             raise errors.RangeInvalid(f"invalid Content-Range {header[:100]!r}", status=416)
-        return cls(int(start), int(end))
+        return cls(start, end)
 
 
 class ClientDisconnected(Exception):
     """The client went away in the middle of a request body; `size` is what the upload kept."""
 
     size = 0
+
+
+# How long a request waits for another one rebuilding the same session (it would then be busy anyway).
+REBUILD_WAIT = 10.0
+
+
+def session_lock(upload_id: str) -> str:
+    """The lock held while a session is rebuilt from storage or removed from it as expired."""
+    return f"upload:{upload_id}"
 
 
 def range_header(size: int) -> str:
@@ -56,13 +70,25 @@ class UploadService:
         self.locks = locks
         self.blobs = blobs
         self.chunk_size = chunk_size
+        self.limits = UploadLimits()
 
-    async def start(self, namespace: str) -> str:
+    def configure(self, limits: UploadLimits) -> None:
+        """Session expiry and caps from the configuration (at start and on every reload)."""
+        self.limits = limits
+        self.actor.tell("configure", limits)
+
+    async def start(self, namespace: str, client: str | None = None) -> str:
+        """A new session, counted against `client` (who asks: an identity or an address) for the caps."""
         upload_id = str(uuid.uuid4())
         started_at = time.time()
+        # Admitted before anything is stored: a refused session leaves no folder behind.
+        await self.actor.call("create", namespace, upload_id, started_at, client)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at)).encode()
-        await self.storage.put(layout.upload_started_at(namespace, upload_id), stamp)
-        await self.actor.call("create", namespace, upload_id, started_at)
+        try:
+            await self.storage.put(layout.upload_started_at(namespace, upload_id), stamp)
+        except BaseException:
+            self.actor.tell("forget", upload_id)
+            raise
         return upload_id
 
     async def status(self, namespace: str, upload_id: str) -> int:
@@ -81,17 +107,27 @@ class UploadService:
         lease: Lease | None = await self.actor.call("lease", namespace, upload_id)
         if lease is not None:
             return lease
-        # Not held by this process (restart, another replica): rebuild the hash from stored bytes.
-        size = await self._stored_size(namespace, upload_id)
-        hasher = hashlib.sha256()
-        if size:
-            async for chunk in self.storage.read(layout.upload_data(namespace, upload_id),
-                                                 chunk_size=self.chunk_size):
-                hasher.update(chunk)
-        started = await self.storage.stat(layout.upload_started_at(namespace, upload_id))
-        started_at = started.modified if started else time.time()
-        result: Lease = await self.actor.call("adopt", namespace, upload_id, size, hasher, started_at)
-        return result
+        # Not held by this process (restart, another replica): rebuild the hash from stored bytes,
+        # under the session's lock, which the expiry of sessions known only in storage also takes (a
+        # session is never rebuilt from a folder being removed).
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self.locks.hold(session_lock(upload_id), wait=REBUILD_WAIT))
+            except TimeoutError:
+                raise UploadBusy("another request is rebuilding this upload session") from None
+            lease = await self.actor.call("lease", namespace, upload_id)  # rebuilt while we waited
+            if lease is not None:
+                return lease
+            size = await self._stored_size(namespace, upload_id)
+            hasher = hashlib.sha256()
+            if size:
+                async for chunk in self.storage.read(layout.upload_data(namespace, upload_id),
+                                                     chunk_size=self.chunk_size):
+                    hasher.update(chunk)
+            started = await self.storage.stat(layout.upload_started_at(namespace, upload_id))
+            started_at = started.modified if started else time.time()
+            result: Lease = await self.actor.call("adopt", namespace, upload_id, size, hasher, started_at)
+            return result
 
     async def _append(self, namespace: str, upload_id: str, lease: Lease, hasher: Any,
                       body: AsyncIterator[bytes] | None, content_range: ContentRange | None) -> int:

@@ -89,6 +89,12 @@ class Storage(abc.ABC):
     async def open_append(self, key: str) -> AppendWriter:
         """A writer appending to `key` (created empty when absent)."""
 
+    @abc.abstractmethod
+    async def purge_temporary(self, older_than: float) -> int:
+        """Remove the driver's temporary objects (those of atomic writes) older than `older_than`
+        seconds, and nothing else; returns how many went. Left behind by a killed process; the age
+        spares the writes another process sharing the store is making right now."""
+
     async def exists(self, key: str) -> bool:
         return await self.stat(key) is not None
 

@@ -56,11 +56,13 @@ class RegistryProcess:
         self.session = requests.Session()
         self.server_args = server_args or []
         self.config_args = ["-c", str(self.config_path)]
+        self.command_prefix: list[str] = []  # e.g. ["prlimit", "--nofile=400:400", "--"]
 
     def start(self, timeout: float = 20.0) -> RegistryProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", *self.config_args, "server", *self.server_args],
+            [*self.command_prefix, sys.executable, "-m", "app", *self.config_args, "server",
+             *self.server_args],
             cwd=REPO_ROOT, stdout=log, stderr=log, env=self.env)
         log.close()
         deadline = time.monotonic() + timeout

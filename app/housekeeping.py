@@ -1,0 +1,38 @@
+"""Housekeeping a running server does for itself: what a killed process left behind goes away.
+
+At start, temporary files of atomic writes older than `TEMPORARY_FILE_MARGIN` are removed (a process
+killed between writing one and renaming it into place leaves it there). The margin spares the writes
+of another process sharing the store: an atomic write of a small object takes far less than that.
+Then upload sessions untouched for `upload_timeout` are expired on a timer (app/services/upload_expiry.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from app.context import Registry
+from app.services.upload_expiry import UploadExpiry
+from app.storage import Storage, StorageError
+
+log = logging.getLogger("registry.housekeeping")
+
+TEMPORARY_FILE_MARGIN = 3600.0
+
+
+async def start(registry: Registry) -> None:
+    await purge_temporary(registry.storage)
+    expiry = UploadExpiry(registry.uploads)
+    registry.actors.start_sweeper("upload expiry", expiry.sweep, asyncio.get_running_loop(),
+                                  expiry.first_delay())
+
+
+async def purge_temporary(storage: Storage) -> None:
+    try:
+        removed = await storage.purge_temporary(TEMPORARY_FILE_MARGIN)
+    except (OSError, StorageError) as exc:  # not fatal: the store serves without it
+        log.warning("could not remove old temporary files: %s", exc)
+        return
+    if removed:
+        log.info("removed temporary files left by an earlier process",
+                 extra={"fields": {"files": removed, "older_than_seconds": TEMPORARY_FILE_MARGIN}})
