@@ -8,24 +8,30 @@ request fields a rule reads: a policy that reads only `identity`, `request.actio
 `request.namespace` can have its decisions cached per (identity, action, namespace).
 
 CEL error texts quote the whole input: they go to the log, never to a client.
+
+cel-python (with lark, pendulum and re2: ~8 MiB resident) is imported with the first rule to compile; a
+policy without rules never loads it. Two of its imports are trimmed: lark's optional `regex` backend
+(celpy does not need it) is not used, and `re2` (for the CEL `matches()` function only) loads with the
+first `matches()` evaluated.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
 import time
+import types
 from dataclasses import dataclass, field
-from typing import Any
-
-import celpy
-import lark
-from celpy import celtypes
+from typing import TYPE_CHECKING, Any
 
 from app.config import AccessPolicy
 
+if TYPE_CHECKING:
+    import celpy
+    import lark
+
 log = logging.getLogger("registry.policy")
-# celpy logs every evaluation step at debug level (activations included): noise, and a cost per rule.
-logging.getLogger("celpy").setLevel(logging.WARNING)
 
 REQUEST_FIELDS = frozenset({"action", "namespace", "digest", "reference", "uuid", "n", "last",
                             "artifact_type", "from"})
@@ -40,7 +46,39 @@ TYPE_NAMES = frozenset({"int", "uint", "double", "bool", "string", "bytes", "lis
 MACROS = frozenset({"exists", "all", "exists_one", "map", "filter"})
 ERROR_LOG_INTERVAL = 10.0
 
-_environment = celpy.Environment()
+_environment: celpy.Environment | None = None
+
+
+class _OnFirstUse(types.ModuleType):
+    """Stands in for a module until one of its attributes is used, then imports the real one."""
+
+    def __getattr__(self, name: str) -> Any:
+        real = sys.modules.get(self.__name__)
+        if real is None or real is self:
+            sys.modules.pop(self.__name__, None)
+            real = importlib.import_module(self.__name__)
+        return getattr(real, name)
+
+
+def _environment_() -> celpy.Environment:
+    global _environment
+    if _environment is None:
+        sys.modules.setdefault("re2", _OnFirstUse("re2"))
+        if "lark" not in sys.modules:
+            blocked = "regex" not in sys.modules
+            if blocked:
+                sys.modules["regex"] = None  # type: ignore[assignment]  # lark falls back to `re`
+            try:
+                import lark  # noqa: F401
+            finally:
+                if blocked:
+                    del sys.modules["regex"]
+        import celpy
+
+        # celpy logs every evaluation step at debug level (activations included): noise, and a cost.
+        logging.getLogger("celpy").setLevel(logging.WARNING)
+        _environment = celpy.Environment()
+    return _environment
 
 
 @dataclass
@@ -59,11 +97,15 @@ def _member_name(ancestors: list[lark.Tree], depth: int) -> str | None:
     node, inner = ancestors[index], ancestors[index + 1]
     if node.data != "member_dot" or node.children[0] is not inner:
         return None
+    import lark
+
     token = node.children[1]
     return str(token) if isinstance(token, lark.Token) else None
 
 
 def _macro_variables(tree: lark.Tree) -> set[str]:
+    import lark
+
     names: set[str] = set()
     for node in tree.iter_subtrees():
         if node.data != "member_dot_arg" or len(node.children) < 3:
@@ -79,6 +121,8 @@ def _macro_variables(tree: lark.Tree) -> set[str]:
 
 
 def analyse(tree: lark.Tree) -> RuleAnalysis:
+    import lark
+
     analysis = RuleAnalysis()
     bound = _macro_variables(tree)
 
@@ -115,8 +159,11 @@ def analyse(tree: lark.Tree) -> RuleAnalysis:
 def parse_rule(text: str, position: int) -> tuple[lark.Tree, RuleAnalysis]:
     """Parse and check one rule; ValueError naming the rule (1-based position) and the reason."""
     label = f"rule {position} ({text[:200]!r})"
+    environment = _environment_()
+    import celpy
+
     try:
-        tree = _environment.compile(text)
+        tree = environment.compile(text)
     except celpy.CELParseError as exc:
         where = f"line {exc.line}, column {exc.column}" if exc.line is not None else "syntax error"
         excerpt = " ".join(str(exc.args[0]).split()) if exc.args else ""
@@ -142,12 +189,14 @@ class CompiledRule:
         self.text = text
         self.label = f"{where} rule {position}"
         self.analysis = analysis
-        self._program = _environment.program(tree)
+        self._program = _environment_().program(tree)
         self._last_logged = -ERROR_LOG_INTERVAL
         self._suppressed = 0
 
     def evaluate(self, activation: dict[str, Any]) -> bool | None:
         """True or False; None when the rule errors or is not a boolean (logged, never answered)."""
+        from celpy import celtypes
+
         try:
             value = self._program.evaluate(activation)
         except Exception as exc:  # CELEvalError and anything the interpreter lets through
@@ -203,4 +252,6 @@ class CompiledPolicy:
 
 
 def activation(identity: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    import celpy
+
     return {"identity": celpy.json_to_cel(identity), "request": celpy.json_to_cel(request)}

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             from app.commands import check_config
 
             return check_config.run(config)
+        from app.client_tls import import_aiohttp
+
+        import_aiohttp()  # before anything else imports it: no CA certificates loaded for nothing
         if getattr(args, "admin", False):
             from app.commands import admin
 

@@ -7,18 +7,17 @@ builds a new inner context and swaps one reference: handshakes that already happ
 they were made with, so in-flight connections are never cut.
 
 Anything wrong with the files is a `ConfigError` naming the key, the file and the reason; the server
-never falls back to plaintext.
+never falls back to plaintext. The files are checked with the `ssl` module alone: `cryptography`
+(~11 MiB resident, mostly its Rust library) is not loaded for TLS.
 """
 
 from __future__ import annotations
 
-import datetime
 import logging
+import re
 import ssl
+import time
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from app.config import ConfigError, TLSConfig
 
@@ -26,6 +25,8 @@ log = logging.getLogger("registry.tls")
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 _VERIFY_MODES = {"optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----")
+_PEM_KEY = re.compile(rb"-----BEGIN ((?:RSA |EC |DSA |ENCRYPTED )?PRIVATE KEY)-----")
 
 
 def tls_files(tls: TLSConfig | None) -> list[Path]:
@@ -53,26 +54,29 @@ def _no_passphrase() -> bytes:
 
 
 def _check_certificate(tls: TLSConfig, data: bytes) -> None:
+    where = f"server.tls.server_certificate_bundle: {tls.server_certificate_bundle}"
+    if not _PEM_CERTIFICATE.search(data):
+        raise ConfigError(f"{where}: no PEM certificate found")
     try:
-        chain = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ConfigError(f"server.tls.server_certificate_bundle: {tls.server_certificate_bundle}: "
-                          "no PEM certificate found") from None
-    expires = chain[0].not_valid_after_utc
-    if expires < datetime.datetime.now(datetime.UTC):
+        # The first certificate of the file, decoded by OpenSSL (the function CPython's own tests use).
+        decoded = ssl._ssl._test_decode_cert(str(tls.server_certificate_bundle))  # type: ignore[attr-defined]
+    except (ssl.SSLError, ValueError):
+        raise ConfigError(f"{where}: no PEM certificate found") from None
+    except AttributeError:  # a Python without the helper: the expiry warning is skipped
+        return
+    expires = ssl.cert_time_to_seconds(decoded["notAfter"])
+    if expires < time.time():
         log.warning("the server certificate %s expired on %s", tls.server_certificate_bundle,
-                    expires.isoformat())
+                    decoded["notAfter"])
 
 
 def _check_private_key(tls: TLSConfig, data: bytes) -> None:
-    try:
-        serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise ConfigError(f"server.tls.server_private_key: {tls.server_private_key}: the key is "
-                          "encrypted; encrypted private keys are not supported") from None
-    except (ValueError, NotImplementedError):
-        raise ConfigError(f"server.tls.server_private_key: {tls.server_private_key}: "
-                          "no usable PEM private key found") from None
+    where = f"server.tls.server_private_key: {tls.server_private_key}"
+    found = _PEM_KEY.search(data)
+    if found is None:
+        raise ConfigError(f"{where}: no usable PEM private key found")
+    if b"ENCRYPTED" in found.group(1) or b"Proc-Type: 4,ENCRYPTED" in data:
+        raise ConfigError(f"{where}: the key is encrypted; encrypted private keys are not supported")
 
 
 def build_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -96,8 +100,11 @@ def build_context(tls: TLSConfig) -> ssl.SSLContext:
         context.load_cert_chain(tls.server_certificate_bundle, tls.server_private_key,
                                 password=_no_passphrase)
     except ssl.SSLError as exc:
-        raise ConfigError(f"server.tls.server_private_key: {tls.server_private_key}: does not match "
-                          f"the certificate {tls.server_certificate_bundle} ({exc.reason})") from None
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"server.tls.server_private_key: {tls.server_private_key}: does not match "
+                              f"the certificate {tls.server_certificate_bundle} ({exc.reason})") from None
+        raise ConfigError(f"server.tls.server_private_key: {tls.server_private_key}: no usable PEM private "
+                          f"key found ({exc.reason or exc})") from None
     if tls.client_ca_bundle is not None:
         ca = _read("client_ca_bundle", tls.client_ca_bundle)
         try:

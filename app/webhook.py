@@ -15,6 +15,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from app.auth.identity import Identity
+from app.client_tls import verifying_context
 from app.config import WebhookConfig
 from app.metrics import Counter
 from app.ttlcache import TTLCache
@@ -83,7 +84,7 @@ class WebhookClient:
             auth = aiohttp.BasicAuth(self.config.basic_auth.username, self.config.basic_auth.password)
         try:
             async with self._client().get(self.config.url, headers=headers, auth=auth, allow_redirects=False,
-                                          ssl=self.ssl_context if self.ssl_context is not None else True
+                                          ssl=self.ssl_context or verifying_context()
                                           ) as response:
                 status = response.status
         except TimeoutError:

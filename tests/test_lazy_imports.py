@@ -1,7 +1,8 @@
 """What a registry that does not use a feature must not load: idle memory is a product target (about
-2.5x CNCF distribution's). TLS (cryptography), Basic identities (argon2-cffi) and pull-through (the
+2.5x CNCF distribution's). Basic identities (argon2-cffi), CEL rules (cel-python) and pull-through (the
 upstream client, the FetchCoordinator) are imported and started only once the configuration uses them,
-including when a hot reload adds them later.
+including when a hot reload adds them later; TLS and the token service never load cryptography
+(~11 MiB) unless a token key file asks for asymmetric tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from app.services.uploads import UploadService
 
 # Imported by the feature that needs them, never by a registry that does not use that feature.
 HEAVY = [
-    "cryptography",  # [server.tls], OIDC
+    "cryptography",  # OIDC, [auth.token] key_file
+    "jwt",  # OIDC, [auth.token] key_file
+    "celpy",  # CEL rules
+    "lark",
+    "re2._re2",  # the CEL matches() function, at its first use
     "prometheus_client",  # the first counter increment or /metrics scrape (app/metrics.py)
     "argon2",  # [auth.identity.*]
     "_cffi_backend",
@@ -48,7 +53,12 @@ from app.context import build_registry
 from app.http.app import build_app
 
 async def main():
-    registry = build_registry(load([Path(sys.argv[1])]))
+    config = load([Path(sys.argv[1])])
+    if config.server.tls is not None:  # what `registry server` builds before listening
+        from app.tls import ServerTLS
+        ServerTLS(config.server.tls)
+    registry = build_registry(config)
+    await server._prepare_token_key(registry)
     build_app(registry)
     await registry.close()
 
@@ -61,15 +71,38 @@ def _storage(tmp_path: Path) -> str:
     return f'[blob_store.fs]\nroot_dir = "{(tmp_path / "data").as_posix()}"\n'
 
 
-def test_a_plain_configuration_loads_none_of_the_optional_features(tmp_path: Path) -> None:
+def _loaded(tmp_path: Path, text: str) -> set[str]:
     config = tmp_path / "config.toml"
-    config.write_text("[server]\nport = 5055\n" + _storage(tmp_path))
+    config.write_text(text)
     env = {**os.environ, "HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", _PROBE, str(config)], capture_output=True, text=True,
                             env=env, timeout=120, check=True)
-    loaded = set(json.loads(result.stdout.splitlines()[-1]))
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+def test_a_plain_configuration_loads_none_of_the_optional_features(tmp_path: Path) -> None:
+    loaded = _loaded(tmp_path, "[server]\nport = 5055\n" + _storage(tmp_path))
     assert {"app.context", "app.actors.config_watcher", "app.commands.server"} <= loaded
     assert sorted(m for m in HEAVY if m in loaded) == []
+
+
+def test_the_production_configuration_loads_no_cryptography(tmp_path: Path) -> None:
+    """TLS, one identity (so the token service is on) and one rule: argon2 and cel-python load, but
+    neither cryptography nor PyJWT (TLS files are checked with `ssl`, tokens are HS256 with `hmac`),
+    nor re2 before a rule uses `matches()`, nor a policy with no rules any CEL at all."""
+    from tests.helpers.tls import CertificateAuthority
+
+    CertificateAuthority().issue_server().write(tmp_path / "tls.crt", tmp_path / "tls.key")
+    hash_ = "$argon2id$v=19$m=1024,t=1,p=1$c29tZXNhbHQ$0kGy0ErjSvQzI6c8lYqVfA"
+    text = (f'[server]\nport = 5055\n[server.tls]\nserver_certificate_bundle = "{tmp_path / "tls.crt"}"\n'
+            f'server_private_key = "{tmp_path / "tls.key"}"\n' + _storage(tmp_path)
+            + f'[auth.identity.alice]\nusername = "alice"\npassword = "{hash_}"\n'
+            + "[global.access_policy]\nrules = ['identity.username == \"alice\"']\n")
+    loaded = _loaded(tmp_path, text)
+    assert {"app.tls", "argon2", "celpy", "app.auth.tokens"} <= loaded
+    assert sorted(m for m in ("cryptography", "jwt", "re2._re2", "regex") if m in loaded) == []
+    no_rules = _loaded(tmp_path, _storage(tmp_path) + "[global.access_policy]\ndefault_allow = true\n")
+    assert "celpy" not in no_rules and "lark" not in no_rules
 
 
 def _upstream(tmp_path: Path) -> str:

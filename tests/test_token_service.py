@@ -164,7 +164,7 @@ def test_user_tokens_carry_what_the_policy_grants(server: RegistryProcess) -> No
     bob = get_token(server, scopes, auth=("bob", "bob-pw"))
     assert access_of(bob["token"]) == {"public/app": ["pull"], "catalog": ["*"]}
     header = jwt.get_unverified_header(alice["token"])
-    assert header["alg"] == "ES256" and header["kid"]
+    assert header["alg"] == "HS256" and header["kid"]  # the store's secret (no key_file configured)
     body = claims(alice["token"])
     assert body["iss"] == SERVICE and body["aud"] == SERVICE and body["sub"] == "alice"
     assert body["exp"] - body["iat"] == 300 and body["nbf"] <= time.time() and len(body["jti"]) >= 16
@@ -287,6 +287,31 @@ def test_expired_tampered_and_foreign_tokens_are_refused(start_registry: Callabl
     assert 'error="insufficient_scope"' in challenge_of(other)
 
 
+def test_forged_tokens_of_the_default_hs256_secret_are_refused(server: RegistryProcess) -> None:
+    valid = get_token(server, ["repository:public/app:pull"], auth=("alice", "alice-pw"))["token"]
+    header, payload, signature = valid.split(".")
+    kid = jwt.get_unverified_header(valid)["kid"]
+    path = "/v2/public/app/tags/list"
+    assert requests.get(server.url + path, headers=bearer(valid), timeout=30).status_code == 404
+    body = claims(valid)
+    widened = {**body, "access": [{"type": "repository", "name": "private/app", "actions": ["*"]}]}
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    cases = {
+        "another secret": jwt.encode(body, "another-secret-of-32-bytes-or-more!!", algorithm="HS256",
+                                     headers={"kid": kid}),
+        "widened access, old signature": ".".join([
+            header, base64.urlsafe_b64encode(json.dumps(widened).encode()).decode().rstrip("="), signature]),
+        "alg none": ".".join([base64.urlsafe_b64encode(json.dumps({"alg": "none", "kid": kid}).encode())
+                              .decode().rstrip("="), payload, ""]),
+        "ES256 with our kid": jwt.encode(body, ec_key, algorithm="ES256", headers={"kid": kid}),
+        "truncated signature": valid[:-4],
+        "garbage": "a.b.c",
+    }
+    for reason, token in cases.items():
+        response = requests.get(server.url + path, headers=bearer(token), timeout=30)
+        assert response.status_code == 401, (reason, response.status_code, response.text)
+
+
 def test_refresh_tokens_renew_a_session_and_survive_a_restart(
         start_registry: Callable[..., RegistryProcess]) -> None:
     server = start_registry(token_config())
@@ -311,7 +336,7 @@ def test_refresh_tokens_renew_a_session_and_survive_a_restart(
     assert oauth["refresh_token"] and access_of(oauth["access_token"]) == {"public/app": ["pull"]}
 
     # The generated key is kept in the store (owner-only) and survives a restart.
-    key_path = server.root / "token" / "signing-key.pem"
+    key_path = server.root / "token" / "signing-secret"
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     before = key_path.read_bytes()
     server.restart()

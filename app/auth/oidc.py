@@ -22,6 +22,7 @@ import aiohttp
 import jwt
 
 from app import errors
+from app.client_tls import verifying_context
 from app.config import OIDCConfig
 
 log = logging.getLogger("registry.auth")
@@ -170,7 +171,8 @@ class OIDCProvider:
 
     async def _fetch_json(self, url: str) -> dict[str, Any]:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
+                                                  connector=aiohttp.TCPConnector(ssl=verifying_context()))
         async with self._session.get(url, headers={"Accept": "application/json"}) as response:
             if response.status != 200:
                 raise ValueError(f"{url} answered {response.status}")

@@ -1,78 +1,99 @@
-"""The token service's signing key: from `[auth.token] key_file`, else generated once and kept in the store.
+"""The token service's signing key: `[auth.token] key_file`, else a secret generated once into the store.
 
-A generated key lives in the metadata store (`token/signing-key.pem`, created only when absent), so
-every replica that shares the store signs and verifies with the same key and a restart keeps the
-tokens and refresh tokens it issued valid. Two replicas starting at once both try to create it; one
-wins and both use the winner's key.
+Default: an HS256 secret (32 random bytes) in the metadata store (`token/signing-secret`, created only
+when absent, owner-only), so every replica that shares the store signs and verifies with it and a
+restart keeps the tokens and refresh tokens it issued valid. Two replicas starting at once both try to
+create it; one wins and both use the winner's. HS256 needs no `cryptography` at all (app/auth/jws.py):
+our tokens are only ever verified by this registry.
+
+With `key_file` (an EC P-256 or RSA private key in PEM) tokens are ES256 or RS256, signed and verified
+with PyJWT and cryptography, for setups that want asymmetric tokens.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
-from dataclasses import dataclass
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
+from app.auth import jws
 from app.config import ConfigError
 from app.storage import Storage, layout
 
 log = logging.getLogger("registry.auth")
 
+SECRET_BYTES = 32
 
-@dataclass(frozen=True)
-class SigningKey:
-    private_key: Any  # ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+class SigningKey(Protocol):
     algorithm: str
     kid: str
 
-    @property
-    def public_key(self) -> Any:
-        return self.private_key.public_key()
+    def sign(self, claims: dict[str, Any]) -> str: ...
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token this key signed (signature checked, claims not); ValueError if not."""
 
 
-def _thumbprint(public_key: Any) -> str:
-    """RFC 7638-style JWK thumbprint (base64url of SHA-256), shortened: the `kid` of our tokens."""
-    numbers = public_key.public_numbers()
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        size = (public_key.curve.key_size + 7) // 8
-        members = {"crv": "P-256", "kty": "EC", "x": _b64(numbers.x.to_bytes(size, "big")),
-                   "y": _b64(numbers.y.to_bytes(size, "big"))}
-    else:
-        members = {"e": _b64(_int_bytes(numbers.e)), "kty": "RSA", "n": _b64(_int_bytes(numbers.n))}
-    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
-    return _b64(hashlib.sha256(canonical).digest())[:22]
+class HmacKey:
+    algorithm = jws.ALGORITHM
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+        self.kid = jws.b64encode(hashlib.sha256(b"kid:" + secret).digest())[:22]
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        return jws.encode(claims, self._secret, self.kid)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        return jws.decode(token, self._secret)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+class AsymmetricKey:
+    """ES256 or RS256 through PyJWT and cryptography (imported only for a `key_file`)."""
 
+    def __init__(self, pem: bytes, where: str) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-def _int_bytes(value: int) -> bytes:
-    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: not an unencrypted PEM private key ({exc})") from None
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            if not isinstance(key.curve, ec.SECP256R1):
+                raise ConfigError(f"{where}: an EC key must be on P-256 (ES256), not {key.curve.name}")
+            self.algorithm = "ES256"
+        elif isinstance(key, rsa.RSAPrivateKey):
+            if key.key_size < 2048:
+                raise ConfigError(f"{where}: an RSA key must have at least 2048 bits")
+            self.algorithm = "RS256"
+        else:
+            raise ConfigError(f"{where}: only EC P-256 (ES256) and RSA (RS256) keys can sign tokens")
+        self._private = key
+        public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.kid = jws.b64encode(hashlib.sha256(public).digest())[:22]
 
+    def sign(self, claims: dict[str, Any]) -> str:
+        import jwt
 
-def parse_key(pem: bytes, where: str) -> SigningKey:
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}: not an unencrypted PEM private key ({exc})") from None
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise ConfigError(f"{where}: an EC key must be on P-256 (ES256), not {key.curve.name}")
-        algorithm = "ES256"
-    elif isinstance(key, rsa.RSAPrivateKey):
-        if key.key_size < 2048:
-            raise ConfigError(f"{where}: an RSA key must have at least 2048 bits")
-        algorithm = "RS256"
-    else:
-        raise ConfigError(f"{where}: only EC P-256 (ES256) and RSA (RS256) keys can sign tokens")
-    return SigningKey(key, algorithm, _thumbprint(key.public_key()))
+        return jwt.encode(claims, self._private, algorithm=self.algorithm, headers={"kid": self.kid})
+
+    def verify(self, token: str) -> dict[str, Any]:
+        import jwt
+
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, self._private.public_key(), algorithms=[self.algorithm],
+                options={"verify_signature": True, "verify_exp": False, "verify_nbf": False,
+                         "verify_iat": False, "verify_aud": False, "verify_iss": False})
+        except jwt.PyJWTError as exc:
+            raise ValueError(str(exc)) from None
+        return claims
 
 
 def load_key_file(path: Path) -> SigningKey:
@@ -80,22 +101,24 @@ def load_key_file(path: Path) -> SigningKey:
         pem = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"auth.token.key_file: cannot read {path}: {exc.strerror or exc}") from None
-    return parse_key(pem, f"auth.token.key_file {path}")
-
-
-def _generate() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return AsymmetricKey(pem, f"auth.token.key_file {path}")
 
 
 async def stored_key(storage: Storage) -> SigningKey:
-    """The store's signing key, created (ES256) when there is none yet."""
+    """The store's signing secret, created when there is none yet."""
     try:
-        pem = await storage.get(layout.TOKEN_SIGNING_KEY)
+        text = await storage.get(layout.TOKEN_SIGNING_SECRET)
     except FileNotFoundError:
-        if await storage.create(layout.TOKEN_SIGNING_KEY, _generate(), private=True):
-            log.info("generated the token service's signing key", extra={"fields": {
-                "key": layout.TOKEN_SIGNING_KEY}})
-        pem = await storage.get(layout.TOKEN_SIGNING_KEY)
-    return parse_key(pem, f"the stored token signing key ({layout.TOKEN_SIGNING_KEY})")
+        fresh = base64.b64encode(secrets.token_bytes(SECRET_BYTES))
+        if await storage.create(layout.TOKEN_SIGNING_SECRET, fresh, private=True):
+            log.info("generated the token service's signing secret", extra={"fields": {
+                "key": layout.TOKEN_SIGNING_SECRET}})
+        text = await storage.get(layout.TOKEN_SIGNING_SECRET)
+    try:
+        secret = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        secret = b""
+    if len(secret) < SECRET_BYTES:
+        raise ConfigError(f"the stored token signing secret ({layout.TOKEN_SIGNING_SECRET}) is damaged; "
+                          "delete it to have a new one generated (every issued token becomes invalid)")
+    return HmacKey(secret)

@@ -1,4 +1,5 @@
-"""This registry's own bearer tokens: JWTs signed by the token service and verified by every endpoint.
+"""This registry's own bearer tokens: JWTs signed by the token service and verified by every endpoint
+(HS256 with the store's secret by default, ES256/RS256 with `[auth.token] key_file`: app/auth/token_keys.py).
 
 Access tokens carry the Docker token claims (`iss`, `sub`, `aud` = service, `exp`, `nbf`, `iat`, `jti`,
 `access`) plus `ident`, what the authentication chain established about the caller, so that a request
@@ -25,8 +26,6 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-
-import jwt
 
 from app import errors
 from app.auth.token_keys import SigningKey, load_key_file, stored_key
@@ -98,7 +97,7 @@ class TokenAuthority:
         }
         if access is not None:
             claims["access"] = access
-        token = jwt.encode(claims, key.private_key, algorithm=key.algorithm, headers={"kid": key.kid})
+        token = key.sign(claims)
         issued_at = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return Issued(token, max(expires - now, 0), issued_at)
 
@@ -127,23 +126,34 @@ class TokenAuthority:
             return self._check_use(cached, use)
         key = await self.key()
         try:
-            claims: dict[str, Any] = jwt.decode(
-                token, key.public_key, algorithms=[key.algorithm], audience=self.config.service,
-                issuer=self.config.issuer, leeway=LEEWAY,
-                options={"require": ["exp", "nbf", "iat", "iss", "aud", "sub"]})
-        except jwt.ExpiredSignatureError:
-            raise errors.Unauthorized("the token has expired") from None
-        except jwt.InvalidAudienceError:
-            raise errors.Unauthorized("the token was issued for another service") from None
-        except jwt.InvalidIssuerError:
-            raise errors.Unauthorized("the token was issued by another token service") from None
-        except jwt.PyJWTError:
+            claims = key.verify(token)
+        except ValueError:
             raise errors.Unauthorized("invalid token (bad signature, replaced key or malformed)") from None
-        if not isinstance(claims.get("ident"), dict):
-            raise errors.Unauthorized("invalid token (no identity)")
+        self._check_claims(claims)
         remaining = claims["exp"] + LEEWAY - time.time()
         self._verified.put(fingerprint, claims, ttl=min(VERIFIED_CACHE_TTL, remaining))
         return self._check_use(claims, use)
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        """RFC 7519 checks: every registered claim present and of its type, audience and issuer ours,
+        inside [nbf, exp] (with LEEWAY for clocks of replicas that disagree a little)."""
+        for name in ("exp", "nbf", "iat"):
+            if not isinstance(claims.get(name), int | float) or isinstance(claims.get(name), bool):
+                raise errors.Unauthorized(f"invalid token (no {name})")
+        for name in ("iss", "aud", "sub"):
+            if not isinstance(claims.get(name), str):
+                raise errors.Unauthorized(f"invalid token (no {name})")
+        now = time.time()
+        if claims["exp"] + LEEWAY <= now:
+            raise errors.Unauthorized("the token has expired")
+        if claims["nbf"] - LEEWAY > now:
+            raise errors.Unauthorized("the token is not valid yet")
+        if claims["aud"] != self.config.service:
+            raise errors.Unauthorized("the token was issued for another service")
+        if claims["iss"] != self.config.issuer:
+            raise errors.Unauthorized("the token was issued by another token service")
+        if not isinstance(claims.get("ident"), dict):
+            raise errors.Unauthorized("invalid token (no identity)")
 
     @staticmethod
     def _check_use(claims: dict[str, Any], use: str) -> dict[str, Any]:

@@ -10,8 +10,9 @@ BLOBS = f"{ROOT}/blobs"
 REPOSITORIES = f"{ROOT}/repositories"
 # Temporary objects for atomic writes; outside distribution's tree so it never sees them.
 TMP = "tmp"
-# The token service's signing key when none is configured: generated once, shared by every replica.
-TOKEN_SIGNING_KEY = "token/signing-key.pem"
+# The token service's signing secret when no key file is configured: generated once, shared by every
+# replica.
+TOKEN_SIGNING_SECRET = "token/signing-secret"
 # `registry server --admin`: the Argon2 hash of the generated admin password, kept from the first start.
 ADMIN_PASSWORD_HASH = "auth/admin-password.phc"
 

@@ -22,6 +22,7 @@ import aiohttp
 from yarl import URL
 
 from app.cache import CacheStore
+from app.client_tls import verifying_context
 from app.config import UpstreamConfig
 from app.manifest import ACCEPT_ALL
 from app.upstream import auth, ratelimit
@@ -69,10 +70,10 @@ class UpstreamClient:
         self._retired = False
 
     # --- connection -----------------------------------------------------------------------------
-    def _ssl_context(self) -> ssl.SSLContext | bool:
+    def _ssl_context(self) -> ssl.SSLContext:
         config = self.config
         if config.server_ca_bundle is None and config.client_certificate is None:
-            return True  # the system's trust store, no client certificate
+            return verifying_context()  # the system's trust store, no client certificate
         context = ssl.create_default_context(
             cafile=str(config.server_ca_bundle) if config.server_ca_bundle else None)
         if config.client_certificate is not None:
