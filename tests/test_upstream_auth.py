@@ -32,6 +32,9 @@ def test_token_responses() -> None:
     assert parse_token_response(b'{"access_token": "a"}').value == "a"
     assert parse_token_response(b'{"token": "t"}').expires_in == 60  # the default
     assert parse_token_response(b'{"token": "t", "expires_in": "x"}').expires_in == 60
+    # An upstream cannot have its token kept forever, or for NaN seconds.
+    assert parse_token_response(b'{"token": "t", "expires_in": 1e400}').expires_in == 86400
+    assert parse_token_response(b'{"token": "t", "expires_in": NaN}').expires_in == 60
     for bad in (b"[]", b'{"expires_in": 3}', b'{"token": ""}'):
         try:
             parse_token_response(bad)

@@ -71,7 +71,13 @@ async def get_upload(request: web.Request, route: Route, registry: Registry) -> 
 
 async def patch_upload(request: web.Request, route: Route, registry: Registry) -> web.StreamResponse:
     assert route.namespace is not None and route.upload_id is not None
-    content_range = ContentRange.parse(request.headers.get("Content-Range"))
+    try:
+        content_range = ContentRange.parse(request.headers.get("Content-Range"))
+    except errors.RangeInvalid as exc:
+        # The 416 says where the upload stands, as for a Content-Range that does not fit.
+        size = await registry.uploads_for(route.namespace).status(route.namespace, route.upload_id)
+        exc.headers["Range"] = range_header(size)
+        raise
     body = body_stream(request) if has_body(request) else None
     size = await registry.uploads_for(route.namespace).append(route.namespace, route.upload_id, body,
                                                               content_range)

@@ -24,6 +24,7 @@ _SCHEME_RE = re.compile(r"\s*,?\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:\s+|$)")
 # Tokens are refreshed this long before their advertised expiry (clock skew, request latency).
 EXPIRY_MARGIN = 5.0
 DEFAULT_EXPIRES_IN = 60.0
+MAX_EXPIRES_IN = 86400.0
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,10 @@ def parse_token_response(body: bytes) -> Token:
     if not isinstance(value, str) or not value:
         raise ValueError("token response has neither `token` nor `access_token`")
     expires_in = data.get("expires_in")
-    if not isinstance(expires_in, int | float) or isinstance(expires_in, bool) or expires_in <= 0:
+    if not isinstance(expires_in, int | float) or isinstance(expires_in, bool) or not expires_in > 0:
         expires_in = DEFAULT_EXPIRES_IN
-    return Token(value, float(expires_in))
+    # An upstream cannot make us keep its token forever (`1e400` is infinity, `nan` compares false).
+    return Token(value, min(float(expires_in), MAX_EXPIRES_IN))
 
 
 async def cached_token(cache: CacheStore, key: str) -> str | None:
