@@ -151,16 +151,28 @@ class FsStoreConfig(Section):
 
 
 class S3StoreConfig(Section):
+    """An S3 bucket (AWS or an S3-compatible store); keys live under `<key_prefix>/` (docs/storage.md)."""
+
     access_key_id: str
     secret_key: str
+    # An S3-compatible endpoint (MinIO, Ceph, an emulator): addressed path-style (`<endpoint>/<bucket>`).
     endpoint: str | None = None
     bucket: str
     region: str = "us-east-1"
+    # distribution's `rootdirectory`: one bucket and root can be served by either registry.
     key_prefix: str = ""
-    multipart_part_size: ByteSize = Field(10 * 1024 * 1024, ge=5 * 1024 * 1024)
-    multipart_copy_threshold: ByteSize = 5 * 1024**3
-    multipart_copy_chunk_size: ByteSize = 100 * 1024 * 1024
+    # S3's limits: every part but the last is 5 MiB to 5 GiB; CopyObject copies up to 5 GiB.
+    multipart_part_size: ByteSize = Field(10 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
+    multipart_copy_threshold: ByteSize = Field(5 * 1024**3, le=5 * 1024**3)
+    multipart_copy_chunk_size: ByteSize = Field(100 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
     multipart_copy_jobs: int = Field(4, ge=1)
+    # Blob GETs answered 307 to a presigned URL of the object (valid 20 minutes): clients fetch from S3.
+    redirect: bool = False
+    # Per request attempt; botocore's "standard" retries (connection errors, 5xx, throttling) with
+    # backoff, then the store answers 503.
+    connect_timeout: Duration = Field(10.0, gt=0)
+    read_timeout: Duration = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
     redis: RedisLockConfig | None = None
 
 

@@ -18,7 +18,7 @@ from app.policy import Authorizer
 from app.services.blobs import BlobService
 from app.services.manifests import ManifestService
 from app.services.uploads import UploadService
-from app.storage import Storage, open_storage
+from app.storage import Storage, open_stores
 
 if TYPE_CHECKING:  # imported at run time only once a repository has upstreams (see _pull_through_for)
     from app.services.pull_blobs import PullThroughBlobs
@@ -134,7 +134,7 @@ _closing: set[asyncio.Task[None]] = set()
 
 def build_registry(config: Config) -> Registry:
     authorizer = Authorizer(config)
-    storage = open_storage(config.blob_store)
+    storage = open_stores(config.blob_store, config.metadata_store)
     authenticator = Authenticator(config, storage)
     actors = start_actors(config.global_.index_max_namespaces)
     blobs = BlobService(storage)

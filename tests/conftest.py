@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pykka
 import pytest
 
+from app.storage import Storage
 from tests.helpers import auth
 from tests.helpers.daemons import Containerd, Ctr, DockerClient, Dockerd
+from tests.helpers.drivers import DriverSpec
+from tests.helpers.moto import MotoServer
 from tests.helpers.server import RegistryProcess
 
 
@@ -77,6 +80,42 @@ def ctr(containerd_daemon: Containerd) -> Iterator[Ctr]:
     client = Ctr(containerd_daemon, f"test-{uuid.uuid4().hex[:12]}")
     yield client
     client.cleanup()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 server (a real S3 protocol server on loopback) per test process, started on first
+    use; each test takes a bucket of its own (`s3_bucket`)."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_server: MotoServer) -> Iterator[str]:
+    """A new, empty bucket on the session's moto, removed afterwards."""
+    bucket = moto_server.create_bucket()
+    yield bucket
+    moto_server.remove_bucket(bucket)
+
+
+@pytest.fixture(params=["fs", "s3"])
+def driver_spec(request: pytest.FixtureRequest, tmp_path: Path) -> DriverSpec:
+    """A fresh store of each driver: fs on tmp_path, S3 on a new moto bucket under a key prefix (so the
+    prefix is exercised by every test). moto is started only by the S3 half."""
+    if request.param == "fs":
+        return DriverSpec("fs", root=str(tmp_path / "root"))
+    moto: MotoServer = request.getfixturevalue("moto_server")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    return DriverSpec("s3", endpoint=moto.endpoint, bucket=bucket, key_prefix="registry/root")
+
+
+@pytest.fixture
+async def driver(driver_spec: DriverSpec) -> AsyncIterator[Storage]:
+    """The driver of `driver_spec`, closed afterwards: the storage every driver-level test runs on."""
+    storage = driver_spec.open()
+    yield storage
+    await storage.close()
 
 
 @pytest.fixture(autouse=True)

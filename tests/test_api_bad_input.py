@@ -11,7 +11,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -66,8 +65,9 @@ def with_digest(path: str, digest: str) -> str:
     return path + ("&" if "?" in path else "?") + f"digest={digest}"
 
 
-def uploads_dir(registry: RegistryProcess, name: str) -> Path:
-    return registry.root / "docker" / "registry" / "v2" / "repositories" / name / "_uploads"
+def upload_keys(registry: RegistryProcess, name: str) -> list[str]:
+    """What the store holds of the repository's upload sessions."""
+    return registry.store.keys(f"docker/registry/v2/repositories/{name}/_uploads")
 
 
 # --- raw HTTP (no normalization of the request target) -------------------------------------------
@@ -236,9 +236,8 @@ def test_digest_mismatch_discards_session(shared_registry: RegistryProcess) -> N
     for digest in (wrong, digest_of(data)):
         assert shared_registry.head(f"/v2/{name}/blobs/{digest}").status_code == 404
         hexpart = digest.split(":", 1)[1]
-        blob_dir = shared_registry.root / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart
-        assert not blob_dir.exists()
-    assert not any(uploads_dir(shared_registry, name).iterdir())
+        assert shared_registry.store.keys(f"docker/registry/v2/blobs/sha256/{hexpart[:2]}/{hexpart}") == []
+    assert upload_keys(shared_registry, name) == []
 
 
 def test_digest_mismatch_with_final_body(shared_registry: RegistryProcess) -> None:
@@ -257,7 +256,7 @@ def test_digest_mismatch_monolithic_post(shared_registry: RegistryProcess) -> No
     assert_error(response, 400, "DIGEST_INVALID")
     assert shared_registry.head(f"/v2/{name}/blobs/{ZERO_DIGEST}").status_code == 404
     assert shared_registry.head(f"/v2/{name}/blobs/{digest_of(data)}").status_code == 404
-    assert not any(uploads_dir(shared_registry, name).iterdir())
+    assert upload_keys(shared_registry, name) == []
 
 
 def test_digest_mismatch_sha512(shared_registry: RegistryProcess) -> None:
@@ -507,6 +506,8 @@ def test_path_traversal_rejected(shared_registry: RegistryProcess, target: bytes
     assert {p.name for p in workdir.iterdir()} <= {"config.toml", "data", "server.log"}
     assert not (workdir.parent / "escape").exists()
     assert not any(p.name in ("escape", "passwd") for p in workdir.rglob("*"))
+    stored = shared_registry.store.keys("")
+    assert not any("escape" in key or "passwd" in key or ".." in key for key in stored)
 
 
 def test_traversal_does_not_reach_other_repository(shared_registry: RegistryProcess) -> None:

@@ -72,8 +72,9 @@ def pull(url: str, barrier: threading.Barrier | None = None) -> Pull:
         return Pull(-1, size, "sha256:" + hasher.hexdigest(), first, f"{type(exc).__name__}: {exc}")
 
 
-def stored_files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+def stored_files(server: RegistryProcess) -> list[str]:
+    """Every key the server's store holds (fs or S3: tests/helpers/stores.py)."""
+    return server.store.keys("")
 
 
 def test_twenty_clients_one_upstream_get_streamed_as_it_arrives(
@@ -105,11 +106,13 @@ def test_twenty_clients_one_upstream_get_streamed_as_it_arrives(
     assert proxy.bytes_sent == BIG
 
     hexdigest = digest.split(":", 1)[1]
-    data = cache.root / "docker/registry/v2"
-    stored = data / "blobs/sha256" / hexdigest[:2] / hexdigest / "data"
-    assert stored.stat().st_size == BIG
-    assert (data / "repositories/cache/team/big/_layers/sha256" / hexdigest / "link").read_text() == digest
-    assert not [f for f in stored_files(cache.root) if "_uploads" in f or f.startswith("tmp/")]
+    data = "docker/registry/v2"
+    stored = cache.store.read(f"{data}/blobs/sha256/{hexdigest[:2]}/{hexdigest}/data")
+    assert stored is not None and digest_of(stored) == digest
+    del stored
+    assert cache.store.read(f"{data}/repositories/cache/team/big/_layers/sha256/{hexdigest}/link") == \
+        digest.encode()
+    assert not [f for f in stored_files(cache) if "_uploads" in f or f.startswith("tmp/")]
 
     # The next client is served from storage: no new upstream request.
     assert pull(url).sha256 == digest
@@ -141,8 +144,8 @@ def test_a_lying_upstream_aborts_every_client_and_stores_nothing(
         assert result.status == 502 or result.error is not None, result
         assert result.size < len(blob)
     hexdigest = digest.split(":", 1)[1]
-    assert not [f for f in stored_files(cache.root) if hexdigest in f or "_uploads" in f], \
-        stored_files(cache.root)
+    assert not [f for f in stored_files(cache) if hexdigest in f or "_uploads" in f], \
+        stored_files(cache)
     log = cache.logs()
     assert "not " + digest in log and "nothing was stored" in log
 
@@ -150,7 +153,7 @@ def test_a_lying_upstream_aborts_every_client_and_stores_nothing(
     liar.lie_about.clear()
     honest = pull(url)
     assert (honest.status, honest.sha256, honest.error) == (200, digest, None)
-    assert any(hexdigest in f for f in stored_files(cache.root))
+    assert any(hexdigest in f for f in stored_files(cache))
 
 
 def test_range_and_head_on_a_miss_are_forwarded_not_cached(
@@ -172,7 +175,7 @@ def test_range_and_head_on_a_miss_are_forwarded_not_cached(
     assert ranged.status_code == 206 and ranged.content == blob[1000:2000]
     assert ranged.headers["Content-Range"] == f"bytes 1000-1999/{len(blob)}"
     hexdigest = digest.split(":", 1)[1]
-    assert not [f for f in stored_files(cache.root) if hexdigest in f]
+    assert not [f for f in stored_files(cache) if hexdigest in f]
     assert proxy.counts[("HEAD", f"/v2/team/app/blobs/{digest}")] == 1
 
     # A whole GET caches it; ranges are then answered locally.
@@ -228,9 +231,9 @@ def test_a_hanging_upstream_fails_the_fetch_and_a_client_leaving_does_not_cancel
     assert cut.error is not None and 0 < cut.size < len(blob)
     assert time.monotonic() - started < 4
     deadline = time.monotonic() + 5  # the leader tells readers first, then removes its spool
-    while [f for f in stored_files(cache.root) if "_uploads/fetch-" in f] and time.monotonic() < deadline:
+    while [f for f in stored_files(cache) if "_uploads/fetch-" in f] and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [f for f in stored_files(cache.root) if hexdigest in f or "_uploads/fetch-" in f]
+    assert not [f for f in stored_files(cache) if hexdigest in f or "_uploads/fetch-" in f]
     assert "timed out" in cache.logs() or "TimeoutError" in cache.logs()
     # The stall was a one-off: the next pull succeeds.
     assert pull(f"{cache.url}/v2/cache/team/app/blobs/{digest}").sha256 == digest
@@ -243,10 +246,10 @@ def test_a_hanging_upstream_fails_the_fetch_and_a_client_leaving_does_not_cancel
         assert r.status_code == 200
         next(r.iter_content(64 * 1024))
     other_hex = other_digest.split(":", 1)[1]
-    stored = cache.root / "docker/registry/v2/blobs/sha256" / other_hex[:2] / other_hex / "data"
+    stored = f"docker/registry/v2/blobs/sha256/{other_hex[:2]}/{other_hex}/data"
     deadline = time.monotonic() + 20
-    while not stored.exists() and time.monotonic() < deadline:
+    while cache.store.read(stored) is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert stored.read_bytes() == other
+    assert cache.store.read(stored) == other
     assert pull(f"{cache.url}/v2/slow/team/app/blobs/{other_digest}").sha256 == other_digest
     assert slow.get_count(f"/v2/team/app/blobs/{other_digest}") == 1

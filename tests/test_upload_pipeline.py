@@ -1,7 +1,9 @@
-"""UploadService's streaming pipeline over real fs storage and real actors (no HTTP).
+"""UploadService's streaming pipeline over real storage (each driver of the contract suite: fs, and S3
+on moto) and real actors (no HTTP).
 
 The body is written and hashed one chunk behind the socket (double buffering): these tests pin that the
-order of bytes, what a disconnect keeps and what a failing disk leaves behind are unchanged by it.
+order of bytes, what a disconnect keeps and what a failing disk leaves behind are unchanged by it, and
+that a session continues in a fresh process (new actors) from what the store holds.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from app.actors.supervisor import Actors, start_actors
 from app.grammar import Digest
 from app.services.blobs import BlobService
 from app.services.uploads import ClientDisconnected, ContentRange, UploadService
-from app.storage import layout
-from app.storage.base import AppendWriter
+from app.storage import Storage, UploadWriter, layout
 from app.storage.fs import FsStorage
 
 CHUNK = 4096  # the smallest streaming_chunk_size: many flushes per body
@@ -32,8 +33,8 @@ class FailingStorage(FsStorage):
     allowed = 1_000_000
     writes = 0
 
-    async def open_append(self, key: str) -> AppendWriter:
-        writer = await super().open_append(key)
+    async def upload_writer(self, key: str, *, create: bool = False) -> UploadWriter:
+        writer = await super().upload_writer(key, create=create)
         real_write = writer.write
 
         async def write(data: Any) -> None:
@@ -71,30 +72,31 @@ def actors() -> Iterator[Actors]:
     started.stop()
 
 
-def _service(storage: FsStorage, actors: Actors) -> UploadService:
+def _service(storage: Storage, actors: Actors) -> UploadService:
     return UploadService(storage, actors.uploads, actors.locks, BlobService(storage), CHUNK)
 
 
 @pytest.fixture
-async def service(tmp_path: Path, actors: Actors) -> AsyncIterator[UploadService]:
-    """An UploadService over real fs storage in tmp_path, its storage closed whatever the test did."""
-    storage = FsStorage(tmp_path)
-    yield _service(storage, actors)
+def service(driver: Storage, actors: Actors) -> UploadService:
+    """An UploadService over a fresh store of each driver (the contract suite's `driver` fixture)."""
+    return _service(driver, actors)
 
 
-async def test_irregular_pieces_over_many_flushes_keep_their_order(
-        tmp_path: Path, service: UploadService) -> None:
+async def blob(service: UploadService, data: bytes) -> bytes:
+    return await service.storage.get(layout.blob_data(Digest.of(data)))
+
+
+async def test_irregular_pieces_over_many_flushes_keep_their_order(service: UploadService) -> None:
     data = os.urandom(300_000)
     upload = await service.start("ns")
     size = await service.append("ns", upload, body_of(pieces(data[:200_000])), None)
     assert size == 200_000
     await service.complete("ns", upload, Digest.of(data), body_of(pieces(data[200_000:])))
-    stored = (tmp_path / layout.blob_data(Digest.of(data))).read_bytes()
-    assert stored == data
+    assert await blob(service, data) == data
 
 
 async def test_disconnect_keeps_every_byte_received_and_the_session_resumes(
-        tmp_path: Path, service: UploadService) -> None:
+        service: UploadService, actors: Actors) -> None:
     data = os.urandom(100_000)
     parts = pieces(data)
     upload = await service.start("ns")
@@ -103,13 +105,21 @@ async def test_disconnect_keeps_every_byte_received_and_the_session_resumes(
     kept = sum(len(p) for p in parts[:9])
     assert gone.value.size == kept
     assert await service.status("ns", upload) == kept
-    assert (tmp_path / layout.upload_data("ns", upload)).read_bytes() == data[:kept]
-    await service.complete("ns", upload, Digest.of(data), body_of([data[kept:]]))
-    assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
+    # A fresh process (new actors, nothing in memory) continues from what the store holds, with the
+    # hash state kept beside the session: an object store cannot read the uploaded bytes back.
+    fresh_actors = start_actors()
+    try:
+        fresh = _service(service.storage, fresh_actors)
+        assert await fresh.status("ns", upload) == kept
+        await fresh.complete("ns", upload, Digest.of(data), body_of([data[kept:]]))
+    finally:
+        fresh_actors.stop()
+    assert await blob(service, data) == data
 
 
 async def test_disk_full_mid_body_fails_cleanly_and_the_session_rebuilds_from_disk(
         tmp_path: Path, actors: Actors) -> None:
+    """fs only: a disk that fills up mid-body (S3's failures are StorageError, tests/test_storage_s3.py)."""
     storage = FailingStorage(tmp_path)
     storage.allowed = 3
     service = _service(storage, actors)
@@ -125,51 +135,54 @@ async def test_disk_full_mid_body_fails_cleanly_and_the_session_rebuilds_from_di
     assert await service.status("ns", upload) == len(on_disk)
     storage.allowed = 1_000_000
     await service.complete("ns", upload, Digest.of(data), body_of([data[len(on_disk):]]))
-    assert hashlib.sha256((tmp_path / layout.blob_data(Digest.of(data))).read_bytes()).hexdigest() \
-        == Digest.of(data).hex
+    assert hashlib.sha256(await blob(service, data)).hexdigest() == Digest.of(data).hex
     await storage.close()
 
 
-async def test_wrong_content_range_length_is_truncated_away(tmp_path: Path, service: UploadService) -> None:
+async def test_a_wrong_content_range_is_refused_before_a_byte_is_written(service: UploadService) -> None:
+    """No driver can take bytes back (an object store has no truncate): a Content-Range whose length is
+    not the Content-Length, or that comes without one, or starts elsewhere, is refused up front."""
     data = os.urandom(50_000)
     upload = await service.start("ns")
-    with pytest.raises(errors.RangeInvalid):
-        await service.append("ns", upload, body_of(pieces(data)), ContentRange(0, 10_000))
-    assert await service.status("ns", upload) == 0
-    await service.complete("ns", upload, Digest.of(data), body_of(pieces(data)))
-    assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
+    for content_range, length in [(ContentRange(0, 10_000), 50_000), (ContentRange(0, 49_999), None),
+                                  (ContentRange(5, 50_004), 50_000)]:
+        with pytest.raises(errors.RangeInvalid) as refused:
+            await service.append("ns", upload, body_of(pieces(data)), content_range, length)
+        assert refused.value.headers["Range"] == "0-0"
+        assert await service.status("ns", upload) == 0
+    assert await service.append("ns", upload, body_of(pieces(data[:20_000])), ContentRange(0, 19_999),
+                                20_000) == 20_000
+    await service.complete("ns", upload, Digest.of(data), body_of(pieces(data[20_000:])))
+    assert await blob(service, data) == data
 
 
 @pytest.mark.parametrize("size", [0, 1, 5000, CHUNK, CHUNK + 1, 50_000])
-async def test_monolithic_put_commits_small_and_large_bodies(
-        tmp_path: Path, service: UploadService, size: int) -> None:
+async def test_monolithic_put_commits_small_and_large_bodies(service: UploadService, size: int) -> None:
     """A body within one chunk is committed from memory, a larger one streams; both leave only the blob."""
     data = os.urandom(size)
     upload = await service.start("ns")
     await service.complete("ns", upload, Digest.of(data), body_of(pieces(data)))
-    assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
+    assert await blob(service, data) == data
     assert await service.blobs.is_linked("ns", Digest.of(data))
-    assert not (tmp_path / layout.upload_dir("ns", upload)).exists()
+    assert await service.storage.list_dir(layout.upload_dir("ns", upload)) == []
     with pytest.raises(errors.BlobUploadUnknown):
         await service.status("ns", upload)
 
 
 @pytest.mark.parametrize("size", [1000, 50_000])
-async def test_monolithic_put_with_the_wrong_digest_stores_nothing(
-        tmp_path: Path, service: UploadService, size: int) -> None:
+async def test_monolithic_put_with_the_wrong_digest_stores_nothing(service: UploadService, size: int) -> None:
     data = os.urandom(size)
     upload = await service.start("ns")
     with pytest.raises(errors.DigestInvalid):
         await service.complete("ns", upload, Digest.of(b"other"), body_of(pieces(data)))
-    assert not (tmp_path / layout.blob_data(Digest.of(data))).exists()
-    assert not (tmp_path / layout.blob_data(Digest.of(b"other"))).exists()
+    assert await service.storage.stat(layout.blob_data(Digest.of(data))) is None
+    assert await service.storage.stat(layout.blob_data(Digest.of(b"other"))) is None
     with pytest.raises(errors.BlobUploadUnknown):
         await service.status("ns", upload)
 
 
 @pytest.mark.parametrize("gone_after", [1, 2, 12])  # within the first chunk, and beyond it
-async def test_monolithic_put_cut_off_keeps_what_arrived(
-        tmp_path: Path, service: UploadService, gone_after: int) -> None:
+async def test_monolithic_put_cut_off_keeps_what_arrived(service: UploadService, gone_after: int) -> None:
     data = os.urandom(60_000)
     parts = pieces(data)
     upload = await service.start("ns")
@@ -178,4 +191,4 @@ async def test_monolithic_put_cut_off_keeps_what_arrived(
     kept = sum(len(p) for p in parts[:gone_after])
     assert await service.status("ns", upload) == kept
     await service.complete("ns", upload, Digest.of(data), body_of([data[kept:]]))
-    assert (tmp_path / layout.blob_data(Digest.of(data))).read_bytes() == data
+    assert await blob(service, data) == data

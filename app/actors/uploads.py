@@ -11,7 +11,6 @@ revives it halfway through the removal.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from app import errors
 from app.actors.bridge import AsyncActor
+from app.storage.resumable_hash import new_sha256
 
 if TYPE_CHECKING:
     from app.config import GlobalConfig
@@ -51,7 +51,7 @@ class UploadLimits:
 class Session:
     namespace: str
     size: int = 0
-    hasher: Any = field(default_factory=hashlib.sha256)
+    hasher: Any = field(default_factory=new_sha256)
     started_at: float = field(default_factory=time.time)
     leased: bool = False
     client: str | None = None  # None: adopted from storage (restart, replica): counted in all only

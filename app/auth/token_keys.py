@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from app.auth import jws
 from app.config import ConfigError
-from app.storage import Storage, layout
+from app.storage import NotFound, Storage, layout
 
 log = logging.getLogger("registry.auth")
 
@@ -108,7 +108,7 @@ async def stored_key(storage: Storage) -> SigningKey:
     """The store's signing secret, created when there is none yet."""
     try:
         text = await storage.get(layout.TOKEN_SIGNING_SECRET)
-    except FileNotFoundError:
+    except NotFound:
         fresh = base64.b64encode(secrets.token_bytes(SECRET_BYTES))
         if await storage.create(layout.TOKEN_SIGNING_SECRET, fresh, private=True):
             log.info("generated the token service's signing secret", extra={"fields": {

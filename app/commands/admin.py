@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from app.config import Config, ConfigError, load
-from app.storage import layout, open_storage
+from app.storage import NotFound, layout, open_stores
 
 ADMIN_ID = "admin"
 PASSWORD_ENV = "REGISTRY_ADMIN_PASSWORD"
@@ -37,11 +37,11 @@ def _hash(password: str) -> str:
 
 async def _stored_or_new_hash(config: Config) -> tuple[str, str | None]:
     """The stored hash, or a new password (returned so it can be shown) whose hash is now stored."""
-    storage = open_storage(config.blob_store)
+    storage = open_stores(config.blob_store, config.metadata_store)
     try:
         try:
             return (await storage.get(layout.ADMIN_PASSWORD_HASH)).decode(), None
-        except FileNotFoundError:
+        except NotFound:
             pass
         password = secrets.token_urlsafe(18)
         if await storage.create(layout.ADMIN_PASSWORD_HASH, _hash(password).encode(), private=True):

@@ -86,8 +86,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info("client went away during %s %s: %s", request.method, request.path, exc)
         return error_response(errors.BlobUploadInvalid(f"client disconnected: {exc}"))
     except StorageError as exc:
+        # The log says what failed and where; the client learns only that storage is unavailable
+        # (the bucket, the endpoint and the path on disk are the operator's business).
         log.error("storage failure on %s %s: %s", request.method, request.path, exc)
-        request[ERROR_KEY] = unavailable = errors.Unavailable(str(exc))
+        request[ERROR_KEY] = unavailable = errors.Unavailable(
+            "storage is unavailable, try again later", headers={"Retry-After": "5"})
         return error_response(unavailable)
     except (ConnectionError, asyncio.CancelledError):
         raise

@@ -15,7 +15,7 @@ from app import errors
 from app.digits import decimal_at_most
 from app.http import admission, sendfile
 from app.http.transfers import TransferGuard, TransferTooSlow, reset
-from app.storage import Storage
+from app.storage import Body
 
 log = logging.getLogger("registry")
 # Without sendfile (TLS), segments small enough that a slow but honest reader drains one well within
@@ -103,10 +103,11 @@ def guarded_writer(request: web.BaseRequest, response: web.StreamResponse, guard
     return write
 
 
-async def send_object(request: web.Request, response: web.StreamResponse, storage: Storage, key: str,
-                      offset: int, length: int) -> web.StreamResponse:
-    """Stream `length` bytes of `key` from `offset`: sendfile in segments when the backend has files."""
-    path = storage.local_path(key)
+async def send_body(request: web.Request, response: web.StreamResponse, body: Body, offset: int,
+                    length: int) -> web.StreamResponse:
+    """Stream `length` bytes of `body` from `offset`: sendfile in segments when the backend has files."""
+    path = body.local_path()
+    key = request.path
     loop = asyncio.get_running_loop()
     admission.begin_transfer(request)  # sending is waiting on the client: the slot goes back
     guard = TransferGuard(admission.limits_of(request))
@@ -132,7 +133,7 @@ async def send_object(request: web.Request, response: web.StreamResponse, storag
             else:
                 await _copy(response, file, offset, length, write)
         else:
-            async for chunk in storage.read(key, offset, length):
+            async for chunk in body.read(offset, length):
                 await write(chunk)
         await response.write_eof()
     except TransferTooSlow as exc:

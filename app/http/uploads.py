@@ -80,7 +80,7 @@ async def patch_upload(request: web.Request, route: Route, registry: Registry) -
         raise
     body = body_stream(request) if has_body(request) else None
     size = await registry.uploads_for(route.namespace).append(route.namespace, route.upload_id, body,
-                                                              content_range)
+                                                              content_range, request.content_length)
     return empty(202, _session_headers(route.namespace, route.upload_id, size))
 
 

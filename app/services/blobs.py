@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from app import errors
 from app.grammar import Digest
 from app.services.links import write_link
-from app.storage import Stat, Storage, layout
+from app.storage import Body, NotFound, Stat, Storage, layout
 
 if TYPE_CHECKING:
     from app.services.remote import RemoteBlob
@@ -25,6 +25,15 @@ class BlobService:
         if stat is None:
             raise errors.BlobUnknown(f"blob {digest} is unknown in repository {namespace}")
         return stat
+
+    async def body(self, namespace: str, digest: Digest) -> Body:
+        """The blob's data to send, as visible in `namespace`; BLOB_UNKNOWN when not linked or stored."""
+        if await self.storage.stat(layout.layer_link(namespace, digest)) is None:
+            raise errors.BlobUnknown(f"blob {digest} is unknown in repository {namespace}")
+        try:
+            return await self.storage.body(layout.blob_data(digest))
+        except NotFound:
+            raise errors.BlobUnknown(f"blob {digest} is unknown in repository {namespace}") from None
 
     async def open_remote(self, namespace: str, digest: Digest, method: str,
                           range_header: str | None) -> RemoteBlob | None:

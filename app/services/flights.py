@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from app import errors
 from app.actors.bridge import ActorHandle
 from app.actors.fetch_coordinator import FlightError, Progress, Ticket
+from app.storage import SpoolWriter
 
 log = logging.getLogger("registry.upstream")
 
@@ -28,6 +29,8 @@ class _Signal:
     def __init__(self) -> None:
         self.users = 0
         self._event = asyncio.Event()
+        # The leader's spool while it writes (this process's readers follow it); None before and after.
+        self.spool: SpoolWriter | None = None
 
     def next_change(self) -> asyncio.Event:
         """Take this *before* asking for the state: any change after that sets it."""
@@ -60,6 +63,11 @@ class Leader:
         self._flights = flights
         self.ticket = ticket
         self.ended = False
+
+    def spooling(self, spool: SpoolWriter | None) -> None:
+        """Readers of this process follow `spool` while it grows (None: it is gone)."""
+        self._flights.signal(self.ticket.flight_id).spool = spool
+        self._flights.notify(self.ticket.flight_id)
 
     def started(self, total: int | None) -> None:
         self._flights.coordinator.tell("started", self.ticket.flight_id, total)
@@ -95,6 +103,10 @@ class Reader:
 
     def next_change(self) -> asyncio.Event:
         return self._flights.signal(self.ticket.flight_id).next_change()
+
+    def spool(self) -> SpoolWriter | None:
+        """The leader's spool, while it writes it (an object store cannot be read while written)."""
+        return self._flights.signal(self.ticket.flight_id).spool
 
     async def status(self) -> Progress:
         progress: Progress = await self._flights.coordinator.call("status", self.ticket.flight_id)

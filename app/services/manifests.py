@@ -18,7 +18,7 @@ from app.grammar import Digest
 from app.immutable import ImmutableTags
 from app.services.blobs import BlobService
 from app.services.links import read_link, write_link
-from app.storage import Storage, layout
+from app.storage import NotFound, Storage, layout
 from app.storage import locks as lock_names
 
 # Reference checks one PUT has in flight: the storage thread pool is shared by every request, and a
@@ -81,13 +81,13 @@ class ManifestService:
         if body is None:
             try:
                 body = await self.storage.get(layout.blob_data(digest))
-            except FileNotFoundError:
+            except NotFound:
                 raise errors.ManifestUnknown(f"manifest {digest} is missing from storage") from None
             self.index.tell("keep_body", key, body)
         if media_type is None:
             try:
                 media_type = (await self.storage.get(layout.revision_media_type(namespace, digest))).decode()
-            except FileNotFoundError:
+            except NotFound:
                 media_type = manifest.sniff_media_type(body)
             self.index.tell("fill_revision", namespace, key, media_type, generation)
         return StoredManifest(digest, media_type, body)

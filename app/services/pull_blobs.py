@@ -3,8 +3,9 @@
 A miss joins (or starts) the single flight for its digest. The leader task spools the upstream body to an
 upload-like object while hashing it; every client reads that spool as it grows (the last byte is held
 back until the digest is verified), so nobody waits for the whole download and upstream is asked once.
-A verified blob is committed by an atomic move and linked into the namespace; a wrong digest aborts
-every client and stores nothing. A Range request on a miss is forwarded upstream and not cached.
+A verified blob is committed at once (the driver's spool commit: a rename, or an object store's
+server-side copy) and linked into the namespace; a wrong digest aborts every client and stores
+nothing. A Range request on a miss is forwarded upstream and not cached.
 """
 
 from __future__ import annotations
@@ -24,12 +25,11 @@ from app.grammar import Digest
 from app.services.blobs import BlobService
 from app.services.flights import Flights, Leader, Reader, error_of, raise_error
 from app.services.remote import BlobStreamAborted, RemoteBlob
-from app.storage import AppendWriter, Stat, Storage, layout
+from app.storage import Body, NotFound, SpoolWriter, Stat, Storage, layout
+from app.storage import locks as lock_names
 from app.upstream import metrics
 from app.upstream.errors import UpstreamInvalid, UpstreamUnavailable
 from app.upstream.pool import Mirror
-
-COMMIT_RETRIES = 100  # x 50 ms
 
 
 def read_only(mirror: Mirror) -> errors.RegistryError:
@@ -57,6 +57,9 @@ class PullThroughBlobs:
     # --- what the local service does as well --------------------------------------------------
     async def stat(self, namespace: str, digest: Digest) -> Stat:
         return await self.local.stat(namespace, digest)
+
+    async def body(self, namespace: str, digest: Digest) -> Body:
+        return await self.local.body(namespace, digest)
 
     async def unlink(self, namespace: str, digest: Digest) -> None:
         await self.local.unlink(namespace, digest)  # eviction: the next pull fetches it again
@@ -169,14 +172,16 @@ class PullThroughBlobs:
                     await self.local.link(namespace, digest)
                     linked = True
                 limit = progress.size if done else max(progress.size - 1, 0)
-                if position < limit:
-                    key = layout.blob_data(digest) if done else reader.ticket.spool
+                spool = None if done else reader.spool()
+                if position < limit and (done or spool is not None):
                     try:
-                        async for chunk in self.storage.read(key, position, limit - position,
-                                                             self.chunk_size):
+                        chunks = (self.storage.read(layout.blob_data(digest), position, limit - position,
+                                                    self.chunk_size) if spool is None else
+                                  spool.read(position, min(limit, spool.size) - position, self.chunk_size))
+                        async for chunk in chunks:
                             position += len(chunk)
                             yield chunk
-                    except FileNotFoundError:
+                    except NotFound:
                         if done:
                             raise BlobStreamAborted("the fetched blob disappeared from storage") from None
                         await change.wait()  # committed or discarded just now: the next state says which
@@ -208,11 +213,13 @@ class PullThroughBlobs:
                                 response: aiohttp.ClientResponse) -> None:
         upload_id = _fetch_id(leader.ticket.flight_id)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
-        writer: AppendWriter | None = None
+        writer: SpoolWriter | None = None
+        committed = False
         try:
             # Upload-like, so a crash leaves something `scrub --uploads` (and distribution) clean up.
             await self.storage.put(layout.upload_started_at(namespace, upload_id), stamp)
-            writer = await self.storage.open_append(leader.ticket.spool)
+            writer = await self.storage.spool_writer(leader.ticket.spool)
+            leader.spooling(writer)
             leader.started(response.content_length)
             hasher = digest.hasher()
             await self._spool(leader, digest, source, response, writer, hasher)
@@ -222,34 +229,23 @@ class PullThroughBlobs:
                     f"upstream {source} sent content whose digest is "
                     f"{digest.algorithm}:{hasher.hexdigest()}, not {digest}; nothing was stored")
             size = writer.size
-            await writer.close()
-            async with self.locks.hold(f"blob:{digest}"):
+            async with self.locks.hold(lock_names.blob(digest)):
                 if await self.storage.stat(layout.blob_data(digest)) is None:
-                    await self._commit(leader.ticket.spool, layout.blob_data(digest))
+                    await writer.commit(layout.blob_data(digest))
+                    committed = True
                 await self.local.link(namespace, digest)
-            leader.finish(size)
+            leader.finish(size)  # readers read the committed blob from here on
         except BaseException as exc:
             leader.fail(error_of(exc))  # before the spool goes away, so readers learn why it did
             raise
         finally:
-            if writer is not None:
-                await writer.close()
+            leader.spooling(None)
+            if writer is not None and not committed:
+                await writer.cancel()
             await self.storage.delete_tree(layout.upload_dir(namespace, upload_id))
 
-    async def _commit(self, spool: str, blob_key: str) -> None:
-        """Move the verified spool into place. On Windows a file cannot be renamed while a reader has it
-        open (readers open the spool briefly for each read), so a sharing violation is retried."""
-        for attempt in range(COMMIT_RETRIES):
-            try:
-                await self.storage.move(spool, blob_key)
-                return
-            except PermissionError:
-                if attempt == COMMIT_RETRIES - 1:
-                    raise
-                await asyncio.sleep(0.05)
-
     async def _spool(self, leader: Leader, digest: Digest, source: str, response: aiohttp.ClientResponse,
-                     writer: AppendWriter, hasher: Any) -> None:
+                     writer: SpoolWriter, hasher: Any) -> None:
         """Write the upstream body to the spool while hashing it, reporting progress after each write."""
         loop = asyncio.get_running_loop()
         content = response.content

@@ -26,7 +26,7 @@ from app.grammar import DIGEST_RE, TAG_RE, Digest
 from app.services.flights import Flights, Leader
 from app.services.manifests import ManifestService, PutResult, StoredManifest
 from app.services.pull_blobs import read_only
-from app.storage import Storage, layout
+from app.storage import NotFound, Storage, layout
 from app.upstream import metrics
 from app.upstream.client import MANIFEST_ACCEPT, UpstreamClient
 from app.upstream.errors import UpstreamFailure, UpstreamInvalid, UpstreamUnavailable
@@ -103,7 +103,7 @@ class PullThroughManifests:
             return True  # an immutable tag cannot change: never asked again
         try:
             fetched_at = float((await self.storage.get(layout.tag_fetched_at(namespace, tag))).decode())
-        except (FileNotFoundError, NotADirectoryError, ValueError):
+        except (NotFound, ValueError):
             return False
         return 0 <= time.time() - fetched_at < self.mirror.check_interval
 

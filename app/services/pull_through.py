@@ -44,7 +44,7 @@ class ReadOnlyUploads:
         raise read_only(self.mirror)
 
     async def append(self, namespace: str, upload_id: str, body: AsyncIterator[bytes] | None,
-                     content_range: ContentRange | None) -> int:
+                     content_range: ContentRange | None, content_length: int | None = None) -> int:
         raise read_only(self.mirror)
 
     async def complete(self, namespace: str, upload_id: str, digest: Digest,

@@ -80,7 +80,7 @@ class UploadExpiry:
         """Remove the folders of the sessions the actor expired, then let it forget them."""
         async def remove(namespace: str, upload_id: str) -> None:
             if await self._untouched_since(namespace, upload_id, deadline):
-                await self.storage.delete_tree(layout.upload_dir(namespace, upload_id))
+                await self.uploads.discard_stored(namespace, upload_id)
 
         try:
             for start in range(0, len(expired), REMOVAL_CONCURRENCY):
@@ -151,13 +151,14 @@ class UploadExpiry:
                 return False  # this process has it in memory: its own idle time decides
             if not await self._untouched_since(namespace, upload_id, deadline):
                 return False  # touched meanwhile (by another replica)
-            await self.storage.delete_tree(layout.upload_dir(namespace, upload_id))
+            await self.uploads.discard_stored(namespace, upload_id)
         return True
 
     async def _untouched_since(self, namespace: str, upload_id: str, deadline: float) -> bool:
-        stats = await asyncio.gather(self.storage.stat(layout.upload_started_at(namespace, upload_id)),
-                                     self.storage.stat(layout.upload_data(namespace, upload_id)))
-        times = [stat.modified for stat in stats if stat is not None]
+        started, written = await asyncio.gather(
+            self.storage.stat(layout.upload_started_at(namespace, upload_id)),
+            self.storage.upload_modified(layout.upload_data(namespace, upload_id)))
+        times = [t for t in (started.modified if started is not None else None, written) if t is not None]
         if not times:  # a folder with neither file (a start killed halfway): the folder's own age
             folder = await self.storage.stat(layout.upload_dir(namespace, upload_id))
             times = [folder.modified] if folder is not None else []

@@ -18,7 +18,8 @@ from app.actors.uploads import Lease, UploadBusy, UploadLimits
 from app.digits import decimal
 from app.grammar import Digest
 from app.services.blobs import BlobService
-from app.storage import Storage, layout
+from app.storage import NotFound, Storage, UploadWriter, layout, resumable_hash
+from app.storage import locks as lock_names
 
 
 @dataclass(frozen=True)
@@ -100,54 +101,102 @@ class UploadService:
     async def _stored_size(self, namespace: str, upload_id: str) -> int:
         if await self.storage.stat(layout.upload_started_at(namespace, upload_id)) is None:
             raise errors.BlobUploadUnknown(f"upload {upload_id} is unknown in repository {namespace}")
-        stat = await self.storage.stat(layout.upload_data(namespace, upload_id))
-        return stat.size if stat else 0
+        try:
+            return (await self.storage.upload_writer(layout.upload_data(namespace, upload_id))).size
+        except NotFound:
+            return 0  # started, nothing written yet
 
-    async def _lease(self, namespace: str, upload_id: str) -> Lease:
+    async def _writer(self, namespace: str, upload_id: str) -> UploadWriter:
+        """The session's data as stored (by any process); a session nothing was written to yet starts
+        empty."""
+        key = layout.upload_data(namespace, upload_id)
+        try:
+            return await self.storage.upload_writer(key)
+        except NotFound:
+            if await self.storage.stat(layout.upload_started_at(namespace, upload_id)) is None:
+                raise errors.BlobUploadUnknown(
+                    f"upload {upload_id} is unknown in repository {namespace}") from None
+            return await self.storage.upload_writer(key, create=True)
+
+    async def _lease(self, namespace: str, upload_id: str) -> tuple[Lease, UploadWriter]:
+        """Exclusive use of the session, and its writer. Storage is the truth: when the size this
+        process remembers is not the stored one (another replica appended meanwhile), or it remembers
+        nothing (a restart), the running hash comes from the stored checkpoint, else from the bytes."""
         lease: Lease | None = await self.actor.call("lease", namespace, upload_id)
         if lease is not None:
-            return lease
-        # Not held by this process (restart, another replica): rebuild the hash from stored bytes,
-        # under the session's lock, which the expiry of sessions known only in storage also takes (a
-        # session is never rebuilt from a folder being removed).
+            try:
+                writer = await self._writer(namespace, upload_id)
+            except BaseException:
+                self.actor.tell("release", upload_id, lease.size, lease.hasher)
+                raise
+            if writer.size == lease.size:
+                return lease, writer
+            self.actor.tell("forget", upload_id)  # stale: rebuilt below, as after a restart
+        # Rebuilt under the session's lock, which the expiry of sessions known only in storage also
+        # takes (a session is never rebuilt from a folder being removed).
         async with contextlib.AsyncExitStack() as stack:
             try:
                 await stack.enter_async_context(self.locks.hold(session_lock(upload_id), wait=REBUILD_WAIT))
             except TimeoutError:
                 raise UploadBusy("another request is rebuilding this upload session") from None
             lease = await self.actor.call("lease", namespace, upload_id)  # rebuilt while we waited
+            writer = await self._writer(namespace, upload_id)
+            if lease is not None and writer.size == lease.size:
+                return lease, writer
             if lease is not None:
-                return lease
-            size = await self._stored_size(namespace, upload_id)
-            hasher = hashlib.sha256()
-            if size:
+                self.actor.tell("forget", upload_id)
+            hasher = await self._rebuilt_hash(namespace, upload_id, writer)
+            started = await self.storage.stat(layout.upload_started_at(namespace, upload_id))
+            started_at = started.modified if started else time.time()
+            result: Lease = await self.actor.call("adopt", namespace, upload_id, writer.size, hasher,
+                                                  started_at)
+            return result, writer
+
+    async def _rebuilt_hash(self, namespace: str, upload_id: str, writer: UploadWriter) -> Any:
+        if writer.checkpoint is not None:
+            restored = resumable_hash.ResumableSha256.restore(writer.checkpoint)
+            if restored is not None:
+                return restored
+        hasher = resumable_hash.new_sha256()
+        if writer.size:
+            try:
                 async for chunk in self.storage.read(layout.upload_data(namespace, upload_id),
                                                      chunk_size=self.chunk_size):
                     hasher.update(chunk)
-            started = await self.storage.stat(layout.upload_started_at(namespace, upload_id))
-            started_at = started.modified if started else time.time()
-            result: Lease = await self.actor.call("adopt", namespace, upload_id, size, hasher, started_at)
-            return result
+            except NotFound:  # an object store cannot read back what it has not completed
+                raise errors.BlobUploadUnknown(
+                    f"upload {upload_id} cannot be resumed here (its hash state is not stored); "
+                    "start a new upload") from None
+        return hasher
 
-    async def _append(self, namespace: str, upload_id: str, lease: Lease, hasher: Any,
-                      body: AsyncIterator[bytes] | None, content_range: ContentRange | None) -> int:
-        """Stream `body` into the session, hashing it into `hasher`, and return the new size.
+    async def _append(self, lease: Lease, writer: UploadWriter, hasher: Any,
+                      body: AsyncIterator[bytes] | None, content_range: ContentRange | None,
+                      content_length: int | None) -> int:
+        """Stream `body` into the session, hashing it into `hasher`, make it durable with the hash's
+        checkpoint, and return the new size.
 
+        A Content-Range is checked before a byte is written (its start against the stored size, its
+        length against Content-Length): nothing is ever written that would have to be taken back.
         Raises ClientDisconnected (after keeping every byte that arrived) when the client goes away.
         Any other failure may leave bytes and hash disagreeing: the caller then forgets the session.
         """
-        if content_range is not None and content_range.start != lease.size:
-            raise errors.RangeInvalid(
-                f"Content-Range starts at {content_range.start} but the upload has {lease.size} bytes",
-                status=416, headers={"Range": range_header(lease.size)})
+        if content_range is not None:
+            problem = None
+            if content_range.start != lease.size:
+                problem = (f"Content-Range starts at {content_range.start} but the upload has "
+                           f"{lease.size} bytes")
+            elif body is None:  # a range covers at least one byte; none was sent
+                problem = f"Content-Range {content_range.start}-{content_range.end} came with an empty body"
+            elif content_length is None:
+                problem = "a Content-Range needs a Content-Length"
+            elif content_length != content_range.end - content_range.start + 1:
+                problem = (f"Content-Range {content_range.start}-{content_range.end} does not match "
+                           f"Content-Length {content_length}")
+            if problem is not None:
+                raise errors.RangeInvalid(problem, status=416, headers={"Range": range_header(lease.size)})
         if body is None:
-            if content_range is not None:  # a range covers at least one byte; none was sent
-                raise errors.RangeInvalid(
-                    f"Content-Range {content_range.start}-{content_range.end} came with an empty body",
-                    status=416, headers={"Range": range_header(lease.size)})
             return lease.size
         loop = asyncio.get_running_loop()
-        writer = await self.storage.open_append(layout.upload_data(namespace, upload_id))
         buffer = bytearray()
         # Double buffering: one chunk is written and hashed (in threads) while the next one arrives, so the
         # socket keeps flowing. At most one flush is in flight: memory stays bounded to ~2 chunks.
@@ -175,39 +224,33 @@ class UploadService:
                 if buffer:
                     await flush()
                 await settle()
+                await writer.close(resumable_hash.checkpoint_of(hasher))
                 gone.size = writer.size
                 raise
             if buffer:
                 await flush()
             await settle()
-            if content_range is not None and writer.size - 1 != content_range.end:
-                await writer.truncate(lease.size)
-                raise errors.RangeInvalid(
-                    f"Content-Range ends at {content_range.end} but {writer.size - lease.size} "
-                    "bytes were sent", status=416, headers={"Range": range_header(lease.size)})
             return writer.size
         finally:
-            if pending is not None:  # an error mid-body: let the flush finish before the file closes
+            if pending is not None:  # an error mid-body: let the flush finish first
                 await asyncio.gather(pending, return_exceptions=True)
-            await writer.close()
 
     async def append(self, namespace: str, upload_id: str, body: AsyncIterator[bytes] | None,
-                     content_range: ContentRange | None) -> int:
-        lease = await self._lease(namespace, upload_id)
-        # A chunk with a Content-Range may be rejected after it was written (wrong length): it is then
-        # truncated away, so it is hashed into a copy that only replaces the session's hash on success.
-        hasher = lease.hasher.copy() if content_range is not None else lease.hasher
+                     content_range: ContentRange | None, content_length: int | None = None) -> int:
+        lease, writer = await self._lease(namespace, upload_id)
+        hasher = lease.hasher
         try:
-            size = await self._append(namespace, upload_id, lease, hasher, body, content_range)
+            size = await self._append(lease, writer, hasher, body, content_range, content_length)
+            await writer.close(resumable_hash.checkpoint_of(hasher))
         except errors.RangeInvalid:
-            self.actor.tell("release", upload_id, lease.size, lease.hasher)
+            self.actor.tell("release", upload_id, lease.size, lease.hasher)  # nothing was written
             raise
         except ClientDisconnected as gone:
             # What arrived is kept and hashed: the session stays usable from its new size.
             self.actor.tell("release", upload_id, gone.size, hasher)
             raise
         except BaseException:
-            # Bytes and hash may disagree: forget the session; the next request rebuilds it.
+            # Bytes and hash may disagree: forget the session; the next request rebuilds it from storage.
             self.actor.tell("forget", upload_id)
             raise
         self.actor.tell("release", upload_id, size, hasher)
@@ -216,37 +259,62 @@ class UploadService:
     async def complete(self, namespace: str, upload_id: str, digest: Digest,
                        body: AsyncIterator[bytes] | None) -> None:
         """Append the final body, verify the digest, commit the blob and link it into the namespace."""
-        lease = await self._lease(namespace, upload_id)
+        lease, writer = await self._lease(namespace, upload_id)
         try:
             whole: bytes | None = None
             if body is not None and lease.size == 0:
                 # A monolithic PUT whose body fits in one chunk is committed straight from memory: no
-                # session file is written, appended, closed and renamed.
+                # session data is written, appended, closed and renamed.
                 whole, body = await self._small_body(body)
-            source: str | bytes
             if whole is not None:
-                actual = await self._hash(whole, digest.algorithm)
-                source = whole
-            else:
-                size = await self._append(namespace, upload_id, lease, lease.hasher, body, None)
-                actual = await self._digest(namespace, upload_id, lease.hasher, digest.algorithm, size)
-                source = layout.upload_data(namespace, upload_id) if size else b""
-            if actual != digest.hex:
-                await self._discard(namespace, upload_id)
-                raise errors.DigestInvalid(
-                    f"digest {digest} does not match the uploaded content ({digest.algorithm}:{actual})")
-            async with self.locks.hold(f"blob:{digest}"):
-                if not await self.blobs.exists(digest):  # else the session's bytes go with its folder
-                    if isinstance(source, bytes):
-                        await self.storage.put(layout.blob_data(digest), source)
-                    else:
-                        await self.storage.move(source, layout.blob_data(digest))
-                await self.blobs.link(namespace, digest)
-            await self._discard(namespace, upload_id)
+                if await self._hash(whole, digest.algorithm) != digest.hex:
+                    await self._discard(namespace, upload_id, writer)
+                    raise self._mismatch(digest)
+                async with self.locks.hold(lock_names.blob(digest)):
+                    if not await self.blobs.exists(digest):
+                        await self.storage.put(layout.blob_data(digest), whole)
+                    await self.blobs.link(namespace, digest)
+                await self._discard(namespace, upload_id, writer)
+                return
+            await self._append(lease, writer, lease.hasher, body, None, None)
+            await self._commit(namespace, upload_id, writer, lease.hasher, digest)
         finally:
             # Completed, discarded, or failed half-way: in every case the next request (if any)
             # must look at storage again.
             self.actor.tell("forget", upload_id)
+
+    async def _commit(self, namespace: str, upload_id: str, writer: UploadWriter, hasher: Any,
+                      digest: Digest) -> None:
+        """Verify, then make the session's data the blob's (unless another upload stored it first)."""
+        if digest.algorithm == "sha256":
+            if hasher.copy().hexdigest() != digest.hex:
+                await self._discard(namespace, upload_id, writer)
+                raise self._mismatch(digest)
+            async with self.locks.hold(lock_names.blob(digest)):
+                if not await self.blobs.exists(digest):
+                    await writer.commit(layout.blob_data(digest))
+                await self.blobs.link(namespace, digest)
+            await self._discard(namespace, upload_id, writer)
+            return
+        # Another algorithm (sha512): the bytes are read back once, from a key of the session's own
+        # (an object store cannot read a session it has not completed), and only then become the blob.
+        staged = layout.upload_verify(namespace, upload_id)
+        await writer.commit(staged)
+        other = hashlib.new(digest.algorithm)
+        async for chunk in self.storage.read(staged, chunk_size=self.chunk_size):
+            other.update(chunk)
+        if other.hexdigest() != digest.hex:
+            await self._discard(namespace, upload_id, None)
+            raise self._mismatch(digest)
+        async with self.locks.hold(lock_names.blob(digest)):
+            if not await self.blobs.exists(digest):
+                await self.storage.copy(staged, layout.blob_data(digest))
+            await self.blobs.link(namespace, digest)
+        await self._discard(namespace, upload_id, None)
+
+    @staticmethod
+    def _mismatch(digest: Digest) -> errors.RegistryError:
+        return errors.DigestInvalid(f"digest {digest} does not match the uploaded content")
 
     async def _small_body(self, body: AsyncIterator[bytes]) -> tuple[bytes | None, AsyncIterator[bytes]]:
         """The whole body if it ends within one chunk, else None and an iterator over all of it.
@@ -274,24 +342,26 @@ class UploadService:
             await asyncio.get_running_loop().run_in_executor(None, hasher.update, data)
         return hasher.hexdigest()
 
-    async def _digest(self, namespace: str, upload_id: str, hasher: Any, algorithm: str, size: int) -> str:
-        if algorithm == "sha256":
-            return str(hasher.copy().hexdigest())
-        other = hashlib.new(algorithm)
-        if size:
-            async for chunk in self.storage.read(layout.upload_data(namespace, upload_id),
-                                                 chunk_size=self.chunk_size):
-                other.update(chunk)
-        return other.hexdigest()
-
-    async def _discard(self, namespace: str, upload_id: str) -> None:
+    async def _discard(self, namespace: str, upload_id: str, writer: UploadWriter | None) -> None:
+        """Remove the session: the writer's data (an object store's multipart upload too), then the
+        session's folder."""
+        if writer is not None:
+            await writer.cancel()
         await self.storage.delete_tree(layout.upload_dir(namespace, upload_id))
+
+    async def discard_stored(self, namespace: str, upload_id: str) -> None:
+        """Remove a session known only in storage (expired; no request holds it)."""
+        try:
+            writer = await self.storage.upload_writer(layout.upload_data(namespace, upload_id))
+        except NotFound:
+            writer = None
+        await self._discard(namespace, upload_id, writer)
 
     async def cancel(self, namespace: str, upload_id: str) -> None:
         await self._stored_size(namespace, upload_id)  # BLOB_UPLOAD_UNKNOWN when absent
         # Exclusive: cancelling while another request writes to the session answers "busy".
         await self.actor.call("lease", namespace, upload_id)
-        await self._discard(namespace, upload_id)
+        await self.discard_stored(namespace, upload_id)
         self.actor.tell("forget", upload_id)
 
 

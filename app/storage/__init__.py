@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from app.config import StoreConfig
-from app.storage.base import AppendWriter, Stat, Storage, StorageError
+from app.storage.base import Body, NotFound, SpoolWriter, Stat, Storage, StorageError, UploadWriter
 
-__all__ = ["AppendWriter", "Stat", "Storage", "StorageError", "open_storage"]
+__all__ = ["Body", "NotFound", "SpoolWriter", "Stat", "Storage", "StorageError", "UploadWriter",
+           "open_storage"]
 
 
 def open_storage(config: StoreConfig) -> Storage:
@@ -13,4 +14,18 @@ def open_storage(config: StoreConfig) -> Storage:
         from app.storage.fs import FsStorage
 
         return FsStorage(config.fs.root_dir, sync_to_disk=config.fs.sync_to_disk)
-    raise NotImplementedError("S3 storage is not built yet: configure [blob_store.fs]")
+    assert config.s3 is not None  # the configuration holds exactly one of them
+    from app.storage.s3 import S3Storage  # the AWS stack is loaded only for an S3 store
+
+    return S3Storage(config.s3)
+
+
+def open_stores(blob_store: StoreConfig, metadata_store: StoreConfig | None) -> Storage:
+    """The registry's storage: the blob store, or both stores behind one interface when the metadata
+    store is configured apart (app/storage/routed.py)."""
+    blobs = open_storage(blob_store)
+    if metadata_store is None or metadata_store == blob_store:
+        return blobs
+    from app.storage.routed import RoutedStorage
+
+    return RoutedStorage(blobs, open_storage(metadata_store))

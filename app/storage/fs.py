@@ -1,4 +1,9 @@
-"""Filesystem storage driver: blocking calls run in a small thread pool, never on the event loop."""
+"""Filesystem storage driver: blocking calls run in a small thread pool, never on the event loop.
+
+Small objects are written to `<root>/tmp/` and renamed into place (readers see the old or the new
+content, never a part); writers of large objects are in app/storage/fs_writers.py. Keys are the
+layout's paths below the root, so the data folder is distribution's.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from app.storage import layout
-from app.storage.base import AppendWriter, Stat, Storage, StorageError
+from app.storage.base import Body, NotFound, SpoolWriter, Stat, Storage, StorageError, UploadWriter
+from app.storage.fs_writers import CHECKPOINT_SUFFIX, FsBody, FsSpoolWriter, FsUploadWriter
 
 T = TypeVar("T")
 
@@ -34,17 +40,26 @@ def _translate(exc: OSError) -> Exception:
 
 
 PLACE_ATTEMPTS = 10
+SHARING_RETRIES = 100  # x 50 ms
+WALK_PAGE = 1000
 
 
 def _in_folder(target: str, place: Callable[[], None], exists_is_final: bool = False) -> None:
     """Create `target`'s folder and `place()` the file in it, again when a concurrent delete of the
     folder (a manifest deleted while it is pushed again) removed it in between: a driver never fails
-    on a folder removed underneath it."""
+    on a folder removed underneath it. On Windows a file cannot be renamed while another handle has it
+    open (a reader of a spool being committed): the sharing violation is retried for a few seconds."""
     for attempt in range(PLACE_ATTEMPTS):
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            place()
-            return
+            for sharing in range(SHARING_RETRIES):
+                try:
+                    place()
+                    return
+                except PermissionError:
+                    if os.name != "nt" or sharing == SHARING_RETRIES - 1:
+                        raise
+                    time.sleep(0.05)
         except FileNotFoundError:
             if attempt == PLACE_ATTEMPTS - 1:
                 raise
@@ -52,52 +67,6 @@ def _in_folder(target: str, place: Callable[[], None], exists_is_final: bool = F
             # makedirs(exist_ok=True) raises it when the folder vanished between its mkdir and isdir.
             if (exists_is_final and os.path.exists(target)) or attempt == PLACE_ATTEMPTS - 1:
                 raise
-
-
-class FsAppendWriter(AppendWriter):
-    def __init__(self, storage: FsStorage, path: str) -> None:
-        self._storage = storage
-        self._path = path
-        self._file: Any = None
-        self.size = 0
-
-    def _open(self) -> None:
-        os.makedirs(os.path.dirname(self._path), exist_ok=True)
-        self._file = open(self._path, "ab")  # noqa: SIM115 - closed by close()
-        self.size = self._file.seek(0, os.SEEK_END)
-
-    def _write(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            self._file.write(data)
-            self._file.flush()
-        except OSError:
-            # A partial write (disk full) is undone so size always matches what was hashed.
-            self._file.truncate(self.size)
-            self._file.seek(self.size)
-            raise
-        self.size += len(data)
-
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        await self._storage._run(self._write, data)
-
-    async def truncate(self, size: int) -> None:
-        def _truncate() -> None:
-            self._file.truncate(size)
-            self._file.seek(size)
-            self.size = size
-
-        await self._storage._run(_truncate)
-
-    async def close(self) -> None:
-        if self._file is not None:
-            file, self._file = self._file, None
-
-            def _close() -> None:
-                if self._storage.sync_to_disk:
-                    os.fsync(file.fileno())
-                file.close()
-
-            await self._storage._run(_close)
 
 
 class FsStorage(Storage):
@@ -115,11 +84,11 @@ class FsStorage(Storage):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, func, *args)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            # A folder where an object was asked for, or a file where a folder would be: no object.
+            raise NotFound(str(exc)) from exc
         except OSError as exc:
             raise _translate(exc) from exc
-
-    def local_path(self, key: str) -> Path | None:
-        return Path(self._path(key))
 
     def _get(self, key: str) -> bytes:
         with open(self._path(key), "rb") as file:
@@ -136,18 +105,26 @@ class FsStorage(Storage):
             finally:
                 os.close(fd)
 
-    def _put(self, key: str, data: bytes) -> None:
-        target = self._path(key)
+    def temporary_name(self) -> str:
+        """A fresh file name in `<root>/tmp`, the only place temporary files are made."""
         os.makedirs(self._tmp, exist_ok=True)
-        tmp = os.path.join(self._tmp, uuid.uuid4().hex)
+        return os.path.join(self._tmp, uuid.uuid4().hex)
+
+    def place(self, source: str, key: str) -> None:
+        """Rename a finished file (in tmp, or a writer's) into place at `key`, durably if configured."""
+        target = self._path(key)
+        if self.sync_to_disk:
+            with open(source, "rb") as file:
+                os.fsync(file.fileno())
+        _in_folder(target, lambda: os.replace(source, target))
+        self._fsync_dir(os.path.dirname(target))
+
+    def _put(self, key: str, data: bytes) -> None:
+        tmp = self.temporary_name()
         try:
             with open(tmp, "wb") as file:
                 file.write(data)
-                if self.sync_to_disk:
-                    file.flush()
-                    os.fsync(file.fileno())
-            _in_folder(target, lambda: os.replace(tmp, target))
-            self._fsync_dir(os.path.dirname(target))
+            self.place(tmp, key)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -158,8 +135,7 @@ class FsStorage(Storage):
 
     def _create(self, key: str, data: bytes, private: bool) -> bool:
         target = self._path(key)
-        os.makedirs(self._tmp, exist_ok=True)
-        tmp = os.path.join(self._tmp, uuid.uuid4().hex)
+        tmp = self.temporary_name()
         try:
             descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
             with open(descriptor, "wb") as file:
@@ -193,7 +169,12 @@ class FsStorage(Storage):
 
     async def read(self, key: str, offset: int = 0, length: int | None = None,
                    chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
-        file: BinaryIO = await self._run(open, self._path(key), "rb")
+        async for chunk in self.read_file(self._path(key), offset, length, chunk_size):
+            yield chunk
+
+    async def read_file(self, path: str, offset: int = 0, length: int | None = None,
+                        chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
+        file: BinaryIO = await self._run(open, path, "rb")
         try:
             await self._run(file.seek, offset)
             remaining = length
@@ -208,6 +189,11 @@ class FsStorage(Storage):
         finally:
             file.close()
 
+    async def body(self, key: str) -> Body:
+        path = self._path(key)
+        size = (await self._run(os.stat, path)).st_size
+        return FsBody(self, path, size)
+
     def _list_dir(self, prefix: str) -> list[str]:
         try:
             return sorted(os.listdir(self._path(prefix)))
@@ -217,17 +203,46 @@ class FsStorage(Storage):
     async def list_dir(self, prefix: str) -> list[str]:
         return await self._run(self._list_dir, prefix)
 
-    def _walk(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
-        keys: list[str] = []
-        for folder, _dirs, files in os.walk(base):
-            rel = os.path.relpath(folder, self._root).replace(os.sep, "/")
-            keys.extend(f"{rel}/{name}" for name in files)
-        return sorted(keys)
+    def _walk_page(self, prefix: str, start_after: str | None, limit: int) -> list[str]:
+        """Up to `limit` keys below `prefix`, in lexical order of the whole key, after `start_after`.
 
-    async def walk(self, prefix: str) -> AsyncIterator[str]:
-        for key in await self._run(self._walk, prefix):
-            yield key
+        Folders are visited in the order their names sort *with the slash* (`a.b` before `a/`), which
+        is the lexical order of the keys; subtrees wholly before `start_after` are not entered."""
+        found: list[str] = []
+
+        def visit(folder: str, key_prefix: str) -> bool:  # False once the page is full
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                return True
+            named = [(entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name, entry)
+                     for entry in entries]
+            for name, entry in sorted(named, key=lambda pair: pair[0]):
+                key = key_prefix + name
+                if name.endswith("/"):
+                    if start_after is not None and key < start_after and not start_after.startswith(key):
+                        continue
+                    if not visit(entry.path, key):
+                        return False
+                elif start_after is None or key > start_after:
+                    found.append(key)
+                    if len(found) >= limit:
+                        return False
+            return True
+
+        folder = prefix.strip("/")
+        visit(self._path(folder), folder + "/" if folder else "")
+        return found
+
+    async def walk(self, prefix: str, start_after: str | None = None) -> AsyncIterator[str]:
+        after = start_after
+        while True:
+            page = await self._run(self._walk_page, prefix, after, WALK_PAGE)
+            for key in page:
+                yield key
+            if len(page) < WALK_PAGE:
+                return
+            after = page[-1]
 
     def _delete(self, key: str) -> bool:
         try:
@@ -242,16 +257,18 @@ class FsStorage(Storage):
     async def delete_tree(self, prefix: str) -> None:
         await self._run(shutil.rmtree, self._path(prefix), True)
 
-    def _move(self, source: str, destination: str) -> None:
-        target = self._path(destination)
-        if self.sync_to_disk:
-            with open(self._path(source), "rb") as file:
-                os.fsync(file.fileno())
-        _in_folder(target, lambda: os.replace(self._path(source), target))
-        self._fsync_dir(os.path.dirname(target))
+    def _copy(self, source: str, destination: str) -> None:
+        tmp = self.temporary_name()
+        try:
+            shutil.copyfile(self._path(source), tmp)
+            self.place(tmp, destination)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
-    async def move(self, source: str, destination: str) -> None:
-        await self._run(self._move, source, destination)
+    async def copy(self, source: str, destination: str) -> None:
+        await self._run(self._copy, source, destination)
 
     def _purge_temporary(self, older_than: float) -> int:
         """Files directly in `<root>/tmp` (where `_put` and `_create` stage) older than `older_than`.
@@ -279,9 +296,24 @@ class FsStorage(Storage):
     async def purge_temporary(self, older_than: float) -> int:
         return await self._run(self._purge_temporary, older_than)
 
-    async def open_append(self, key: str) -> AppendWriter:
-        writer = FsAppendWriter(self, self._path(key))
-        await self._run(writer._open)
+    async def upload_writer(self, key: str, *, create: bool = False) -> UploadWriter:
+        writer = FsUploadWriter(self, key)
+        await self._run(writer.open, create)
+        return writer
+
+    def _upload_modified(self, key: str) -> float | None:
+        times = []
+        for path in (self._path(key), self._path(key) + CHECKPOINT_SUFFIX):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                times.append(os.stat(path).st_mtime)
+        return max(times) if times else None
+
+    async def upload_modified(self, key: str) -> float | None:
+        return await self._run(self._upload_modified, key)
+
+    async def spool_writer(self, key: str) -> SpoolWriter:
+        writer = FsSpoolWriter(self, key)
+        await self._run(writer.open)
         return writer
 
     async def close(self) -> None:

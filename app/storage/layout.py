@@ -96,5 +96,10 @@ def upload_data(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/data"
 
 
+def upload_verify(name: str, upload_id: str) -> str:
+    """Ours: a completed session's bytes, read back to verify a digest other than sha256."""
+    return f"{upload_dir(name, upload_id)}/verify"
+
+
 def upload_started_at(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"

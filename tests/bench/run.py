@@ -4,6 +4,7 @@ over several rounds, medians reported with the ratio ours/distribution.
     python -m tests.bench.run                       # start both servers, full run
     python -m tests.bench.run --quick               # fewer iterations and rounds
     python -m tests.bench.run --target URL [--baseline URL]   # any registries, ad hoc
+    python -m tests.bench.run --storage s3          # both on S3 (one moto server, a bucket each)
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.bench import workloads as w
-from tests.bench.servers import External, Server, start_distribution, start_ours
+from tests.bench.servers import External, S3Bucket, Server, start_distribution, start_ours
 
 
 @dataclass
@@ -162,6 +163,14 @@ def workload_list(quick: bool) -> list[Workload]:
     ]
 
 
+# With --storage s3: the workloads the storage issue sets targets for (the others are fs-bound).
+S3_WORKLOADS = ("push monolith 10MiB c=2", "pull 10MiB c=4", "manifest GET by tag c=16")
+
+
+def s3_targets(workloads: list[Workload]) -> list[Workload]:
+    return [replace(wl, target=1.0) for wl in workloads if wl.name in S3_WORKLOADS]
+
+
 async def measure(server: Server, workload: Workload) -> dict[str, Any]:
     iteration = await workload.prepare(server.url, workload.iterations)
     server.reset_peak()
@@ -231,7 +240,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark report ({report['date']})",
         "",
-        f"Machine: {report['machine']}. Rounds: {report['rounds']} (alternating, medians).",
+        f"Machine: {report['machine']}. Rounds: {report['rounds']} (alternating, medians). "
+        f"Storage: {report.get('storage', 'fs')}.",
         "",
         f"| workload | {ours} it/s | {theirs} it/s | ratio | {ours} MB/s | {theirs} MB/s | "
         f"{ours} p50/p99 ms | {theirs} p50/p99 ms | errors | target |",
@@ -275,10 +285,20 @@ def render(report: dict[str, Any]) -> str:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
     servers: list[Server] = []
+    moto = None
     try:
-        ours: Server = External("target", args.target) if args.target else start_ours(workdir, args.binary)
+        ours_s3 = theirs_s3 = None
+        if args.storage == "s3":
+            from tests.helpers.moto import MotoServer
+
+            moto = MotoServer(workdir / "moto.log").start()
+            ours_s3 = S3Bucket(moto.endpoint, moto.create_bucket("bench-ours"))
+            theirs_s3 = S3Bucket(moto.endpoint, moto.create_bucket("bench-distribution"))
+        ours: Server = (External("target", args.target) if args.target
+                        else start_ours(workdir, args.binary, ours_s3))
         servers.append(ours)
-        theirs: Server = External("baseline", args.baseline) if args.baseline else start_distribution(workdir)
+        theirs: Server = (External("baseline", args.baseline) if args.baseline
+                          else start_distribution(workdir, theirs_s3))
         servers.append(theirs)
         ours.name, theirs.name = ("ours", "distribution") if not args.target else (ours.name, theirs.name)
         memory: dict[str, Any] = {s.name: {"idle_rss_mib": s.rss() / MiB} for s in servers}
@@ -286,7 +306,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             memory["idle_ratio"] = ours.rss() / theirs.rss()
         for server in servers:
             await warm_up(server)
-        selected = [wl for wl in workload_list(args.quick) if not args.only or args.only in wl.name]
+        workloads = workload_list(args.quick)
+        if args.storage == "s3":
+            workloads = s3_targets(workloads)
+        selected = [wl for wl in workloads if not args.only or args.only in wl.name]
         rows = []
         for workload in selected:
             results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
@@ -317,6 +340,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.platform()}",
             "servers": [s.name for s in servers],
+            "storage": args.storage,
             "workloads": rows,
             "memory": memory,
         }
@@ -326,6 +350,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for server in servers:
             server.stop()
+        if moto is not None:
+            moto.stop()
         shutil.rmtree(workdir, ignore_errors=True)  # pushes leave gigabytes behind
 
 
@@ -340,6 +366,8 @@ def main() -> None:
     parser.add_argument("--baseline", help="URL of the baseline instead of starting distribution 2.8")
     parser.add_argument("--binary", help="measure this frozen executable instead of `python -m app`")
     parser.add_argument("--big-blob", type=int, default=2048, help="MiB of the streamed blob (0: skip)")
+    parser.add_argument("--storage", choices=("fs", "s3"), default="fs",
+                        help="s3: both registries on buckets of one moto server (the S3 workloads)")
     parser.add_argument("--report", default="bench-report", help="report path without extension")
     args = parser.parse_args()
     report = asyncio.run(main_async(args))

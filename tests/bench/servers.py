@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -97,17 +98,39 @@ class Server:
                 Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def start_ours(workdir: Path, binary: str | None = None) -> Server:
+@dataclass
+class S3Bucket:
+    """A bucket on an S3 endpoint (moto on loopback for `--storage s3`) that a registry stores into."""
+
+    endpoint: str
+    bucket: str
+    access_key_id: str = "testing"
+    secret_key: str = "testing"
+    region: str = "us-east-1"
+    part_size: int = 10 * 1024 * 1024
+
+
+def start_ours(workdir: Path, binary: str | None = None, s3: S3Bucket | None = None) -> Server:
     """Zero-config `registry server` (no config file: the idle RSS the issue measures); the port and
-    the data folder come from the environment."""
+    the data folder come from the environment. With `s3`, a config file with only `[blob_store.s3]`."""
     port = free_port()
     command = [binary] if binary else [sys.executable, "-m", "app"]
-    env = {**os.environ, "REGISTRY_LOG": "warning", "REGISTRY__SERVER__PORT": str(port),
-           "REGISTRY__BLOB_STORE__FS__ROOT_DIR": str(workdir / "ours-data"), "HOME": str(workdir)}
+    env = {**os.environ, "REGISTRY_LOG": "warning", "REGISTRY__SERVER__PORT": str(port), "HOME": str(workdir)}
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    if s3 is None:
+        env["REGISTRY__BLOB_STORE__FS__ROOT_DIR"] = str(workdir / "ours-data")
+    else:
+        config = workdir / "ours-s3.toml"
+        config.write_text(
+            "[blob_store.s3]\n"
+            f'endpoint = "{s3.endpoint}"\nbucket = "{s3.bucket}"\nregion = "{s3.region}"\n'
+            f'access_key_id = "{s3.access_key_id}"\nsecret_key = "{s3.secret_key}"\n'
+            f"multipart_part_size = {s3.part_size}\n")
+        command += ["-c", str(config)]
     return Server("ours", [*command, "server"], f"http://127.0.0.1:{port}", env, workdir).start()
 
 
-def start_distribution(workdir: Path) -> Server:
+def start_distribution(workdir: Path, s3: S3Bucket | None = None) -> Server:
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     if not Path(binary).exists():
         raise SystemExit(
@@ -115,13 +138,24 @@ def start_distribution(workdir: Path) -> Server:
         )
     port = free_port()
     config = workdir / "distribution.yml"
+    if s3 is None:
+        storage = f"  filesystem:\n    rootdirectory: {workdir / 'distribution-data'}\n"
+    else:  # its s3 driver, with the same part size as ours
+        storage = (f"  s3:\n    accesskey: {s3.access_key_id}\n    secretkey: {s3.secret_key}\n"
+                   f"    region: {s3.region}\n    regionendpoint: {s3.endpoint}\n"
+                   f"    bucket: {s3.bucket}\n    secure: false\n    v4auth: true\n"
+                   f"    chunksize: {s3.part_size}\n"
+                   # Blob bytes through the registry, as ours serves them by default (`redirect`).
+                   "  redirect:\n    disable: true\n")
     config.write_text(
         "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'distribution-data'}\n"
+        f"storage:\n{storage}"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    return Server("distribution", [binary, "serve", str(config)], f"http://127.0.0.1:{port}").start()
+    # Its AWS SDK panics when AWS_CA_BUNDLE is set: no AWS_* variables from this environment.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return Server("distribution", [binary, "serve", str(config)], f"http://127.0.0.1:{port}", env).start()
 
 
 class External(Server):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -19,9 +20,11 @@ class DistributionProcess:
     """One `docker-registry serve config.yml` process; `rootdirectory` is the filesystem storage root."""
 
     def __init__(self, workdir: Path, rootdirectory: Path, port: int | None = None,
-                 auth: dict[str, Any] | None = None, tls: dict[str, Any] | None = None) -> None:
+                 auth: dict[str, Any] | None = None, tls: dict[str, Any] | None = None,
+                 storage: dict[str, Any] | None = None) -> None:
         """`auth`: distribution's `auth` section (e.g. `{"htpasswd": {...}}` or `{"token": {...}}`);
-        `tls`: its `http.tls` section (`certificate`, `key`, `clientcas`): served over https."""
+        `tls`: its `http.tls` section (`certificate`, `key`, `clientcas`): served over https;
+        `storage`: its storage driver (`{"s3": {...}}`) instead of the filesystem at `rootdirectory`."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.root = rootdirectory
@@ -35,7 +38,8 @@ class DistributionProcess:
         config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(rootdirectory)}, "delete": {"enabled": True},
+            "storage": {**(storage or {"filesystem": {"rootdirectory": str(rootdirectory)}}),
+                        "delete": {"enabled": True},
                         "maintenance": {"uploadpurging": {"enabled": False}}},
             "http": {"addr": self.host, "secret": "interop-test-secret"},
         }
@@ -50,7 +54,10 @@ class DistributionProcess:
     def start(self, timeout: float = 20.0) -> DistributionProcess:
         binary = require_tool("docker-registry")
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen([binary, "serve", str(self.config_path)], stdout=log, stderr=log)
+        # Its AWS SDK panics when AWS_CA_BUNDLE is set (as it can be on CI machines): no AWS_* from here.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        self.process = subprocess.Popen([binary, "serve", str(self.config_path)], stdout=log, stderr=log,
+                                        env=env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

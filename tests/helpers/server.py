@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,8 +17,27 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free port below the kernel's ephemeral range, picked at random: the kernel hands ephemeral
+    ports to outgoing connections too, so one of those (a client in another test process) could take
+    a server's port while it restarts; random picks keep parallel test processes apart."""
+    low, high = 10000, min(_ephemeral_low(), 65536) - 1
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # a crowded range: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
@@ -48,9 +68,17 @@ class RegistryProcess:
         self.host = f"127.0.0.1:{self.port}"
         self.config_path = workdir / "config.toml"
         self.log_path = workdir / "server.log"
+        from tests.helpers import stores
+
+        if "[blob_store." in extra_config:  # the test chose its own store
+            store_section, spec = "", stores.DriverSpec("fs", root=str(self.root))
+        else:
+            store_section, spec = stores.blob_store(self.root)
+        # What the server stored, by key, on whichever store it has (tests/helpers/stores.py).
+        self.store = stores.StoreView(spec)
         self.config_path.write_text(
             f'[server]\nbind_address = "127.0.0.1"\nport = {self.port}\n\n'
-            f'[blob_store.fs]\nroot_dir = {toml_value(self.root)}\n\n{extra_config}\n')
+            f'{store_section}\n{extra_config}\n')
         self.env = {**os.environ, "REGISTRY_LOG": "info", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.session = requests.Session()
