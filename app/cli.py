@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from app import __version__
 from app.config import ConfigError, load
 from app.logs import setup_logging
 
@@ -29,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("argon", aliases=["hash-password"],
                         help="read a password and print its Argon2id hash for [auth.identity.*]")
     commands.add_parser("check-config", help="validate the configuration and print it, secrets redacted")
-    commands.add_parser("version", help="print the version")
+    from app.commands import service
+
+    service.add_arguments(commands)
+    commands.add_parser("version", help="print the version, commit, build date and Python version")
     return parser
 
 
@@ -40,13 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command == "version":
-        print(f"registry {__version__}")
+        from app import build_info
+
+        print(build_info.describe())
         return 0
     if args.command in ("argon", "hash-password"):
         from app.commands import argon
 
         return argon.run()
     setup_logging()
+    if args.command == "service":
+        from app.commands import service
+
+        return service.run(args, args.config)
     try:
         config = load(args.config)
     except ConfigError as exc:

@@ -392,8 +392,23 @@ class RepositoryConfig(Section):
 
 
 class TracingConfig(Section):
+    """OpenTelemetry traces exported over OTLP/HTTP (protobuf); see docs/observability.md."""
+
+    # The collector's OTLP/HTTP address, e.g. `http://127.0.0.1:4318` (`/v1/traces` is added when the
+    # URL has no path), or the full traces URL.
     endpoint: str
     sampling_rate: float = Field(1.0, ge=0.0, le=1.0)
+    service_name: str = Field("simple-registry", min_length=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http:// or https:// URL of an OTLP/HTTP collector")
+        return value
 
 
 class ObservabilityConfig(Section):

@@ -135,6 +135,10 @@ _closing: set[asyncio.Task[None]] = set()
 def build_registry(config: Config) -> Registry:
     authorizer = Authorizer(config)
     storage = open_stores(config.blob_store, config.metadata_store)
+    if config.observability.tracing is not None:  # spans around storage calls (app/tracing/storage.py)
+        from app.tracing.storage import traced
+
+        storage = traced(storage)
     authenticator = Authenticator(config, storage)
     actors = start_actors(config.global_.index_max_namespaces)
     blobs = BlobService(storage)

@@ -26,12 +26,31 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """For a person at a terminal: time, level, what happened, then `key=value` (quoted when a value
+    has spaces). An access line leads with the request as one reads it: `GET /v2/x/manifests/1 200`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
     def format(self, record: logging.LogRecord) -> str:
+        fields = dict(getattr(record, "fields", None) or {})
+        if record.name == "registry.access" and "method" in fields:
+            target = str(fields.pop("path", ""))
+            query = fields.pop("query", None)
+            if query:
+                target += f"?{query}"
+            record = logging.makeLogRecord({**record.__dict__, "msg": (
+                f"{fields.pop('method')} {target} {fields.pop('status', '')} "
+                f"{fields.pop('duration_ms', '')} ms"), "args": ()})
         line = super().format(record)
-        fields = getattr(record, "fields", None)
         if fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items() if v is not None)
         return line
+
+
+def _text_value(value: object) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or any(c.isspace() or c == '"' for c in text)) else text
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -48,17 +67,19 @@ class MalformedRequestFilter(logging.Filter):
         return True
 
 
-def setup_logging() -> None:
-    level = os.environ.get("REGISTRY_LOG", "info").upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        level = "INFO"
-    handler = logging.StreamHandler(sys.stderr)
-    if sys.stderr.isatty():
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    else:
-        handler.setFormatter(JsonFormatter())
+LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARNING", "error": "ERROR"}
+
+
+def setup_logging(*handlers: logging.Handler) -> None:
+    """Log to stderr (or to `handlers`: a service host's log file and Event Log), at REGISTRY_LOG."""
+    level = LEVELS.get(os.environ.get("REGISTRY_LOG", "info").strip().lower(), "INFO")
+    if not handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        stream = sys.stderr
+        handler.setFormatter(TextFormatter() if stream is not None and stream.isatty() else JsonFormatter())
+        handlers = (handler,)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = list(handlers)
     root.setLevel(level)
     # pykka logs every exception an actor hands back to its caller; those are answered, not failures.
     logging.getLogger("pykka").setLevel(logging.WARNING)

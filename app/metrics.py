@@ -6,7 +6,9 @@ never needs it. So the modules declare their counters here, and the library is i
 a counter is incremented or `GET /metrics` is scraped. At that moment every declared counter is
 registered at once, so a scrape always lists every declared family, and prometheus_client's default
 registry adds its process, platform and GC collectors as it always does. A counter declared later (by a
-module imported lazily, e.g. the pull-through counters) is registered as it is declared.
+module imported lazily, e.g. the pull-through counters) is registered as it is declared. Metrics that
+are kept elsewhere and only read at scrape time (the HTTP request metrics, app/http/request_metrics.py)
+are declared as collectors with `register_collector`, and registered the same way.
 
 Values, label handling, thread safety and the text format are prometheus_client's own.
 """
@@ -14,14 +16,21 @@ Values, label handling, thread safety and the text format are prometheus_client'
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import prometheus_client
+    from prometheus_client.metrics_core import Metric
+
+
+class Collector(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
 
 _lock = threading.Lock()
 _declared: list[Counter] = []
+_collectors: list[Collector] = []
 _loaded = False
 
 
@@ -53,6 +62,20 @@ class Counter:
         return counter.labels(*values)
 
 
+def register_collector(collector: Collector) -> None:
+    """A collector (prometheus_client's protocol) for the default registry, once it is loaded."""
+    with _lock:
+        _collectors.append(collector)
+        if _loaded:
+            _register_collector(collector)
+
+
+def _register_collector(collector: Collector) -> None:
+    from prometheus_client import REGISTRY
+
+    REGISTRY.register(collector)
+
+
 def load() -> None:
     """Import prometheus_client and register every declared metric (once; safe from any thread)."""
     global _loaded
@@ -63,6 +86,8 @@ def load() -> None:
             return
         for metric in _declared:
             metric._register()
+        for collector in _collectors:
+            _register_collector(collector)
         _loaded = True
 
 

@@ -52,11 +52,6 @@ def _set(model: BaseModel, path: tuple[str, ...], value: Any) -> Any:
     return model.model_copy(update={head: _set(getattr(model, head), rest, value)})
 
 
-def _sampling_rate(config: Config) -> float | None:
-    tracing = config.observability.tracing
-    return tracing.sampling_rate if tracing is not None else None
-
-
 def split_restart_keys(running: Config, loaded: Config) -> tuple[Config, list[RestartRequired]]:
     """The configuration to apply live (`loaded` with restart-only keys kept at their running values)
     and the keys whose change was not applied."""
@@ -69,9 +64,9 @@ def split_restart_keys(running: Config, loaded: Config) -> tuple[Config, list[Re
     if (running.server.tls is None) != (loaded.server.tls is None):
         result = _set(result, ("server", "tls"), running.server.tls)
         kept.append(RestartRequired("server.tls", "switching TLS on or off changes the listener"))
-    if _sampling_rate(running) != _sampling_rate(loaded):
+    if running.observability.tracing != loaded.observability.tracing:
         result = _set(result, ("observability", "tracing"), running.observability.tracing)
-        kept.append(RestartRequired("observability.tracing.sampling_rate", "the tracer is built at start"))
+        kept.append(RestartRequired("observability.tracing", "the tracer is built at start"))
     return result, kept
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,17 @@ pytestmark = [
 
 
 def _build() -> None:
+    """Build (make: when stale) once at a time: the module's tests may run in several xdist workers,
+    and two PyInstaller runs in one work folder delete each other's files."""
+    import fcntl
+
+    lock_path = REPO_ROOT / "build" / ".binary.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_locked()
+
+
+def _build_locked() -> None:
     if shutil.which("make"):
         command = ["make", "binary"]
     else:
@@ -156,7 +168,14 @@ def test_binary_commands(binary: Path, tmp_path: Path) -> None:
     version = subprocess.run([str(binary), "version"], capture_output=True, text=True, env=env,
                              timeout=120, check=False)
     assert version.returncode == 0, version.stderr
-    assert version.stdout.strip() == f"registry {__version__}"
+    lines = version.stdout.splitlines()
+    assert lines[0] == f"registry {__version__}"
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    assert set(fields) == {"commit", "built", "python"}
+    assert fields["commit"] not in ("", "unknown")  # embedded at build time (from git)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["built"]), fields["built"]
+    assert fields["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}.")
+    assert not (REPO_ROOT / "app" / "_build_info.py").exists()  # removed after the build
     hashed = subprocess.run([str(binary), "argon"], input="s3cret\n", capture_output=True, text=True,
                             env=env, timeout=120, check=False)
     assert hashed.returncode == 0, hashed.stderr
@@ -202,3 +221,49 @@ def test_binary_push_pull_sigterm(server: BinaryProcess, tmp_path: Path) -> None
 
     assert server.stop() == 0, server.logs()
     assert '"stopped"' in server.logs()
+
+
+def test_binary_exports_traces(binary: Path, tmp_path: Path) -> None:
+    """The frozen executable carries the OpenTelemetry SDK, its exporter (requests, protobuf) and
+    the SDK's entry points: a traced request reaches a loopback collector."""
+    from tests.helpers.otlp import OTLPReceiver
+
+    receiver = OTLPReceiver()
+    receiver.start()
+    try:
+        server = BinaryProcess(binary, tmp_path)
+        server.env["REGISTRY__OBSERVABILITY__TRACING__ENDPOINT"] = receiver.url
+        server.env["REGISTRY__OBSERVABILITY__TRACING__SERVICE_NAME"] = "frozen"
+        try:
+            server.start()
+            missing = requests.get(f"{server.url}/v2/x/manifests/absent", timeout=10)
+            trace_id = missing.json()["errors"][0]["detail"]["trace_id"]
+            assert server.stop() == 0, server.logs()
+        finally:
+            server.kill()
+        spans = [s for s in receiver.spans if s.trace_id == trace_id]
+        assert {s.name for s in spans} >= {"manifest", "authenticate", "authorize"}, server.logs()
+        assert {s.resource["service.name"] for s in spans} == {"frozen"}
+    finally:
+        receiver.stop()
+
+
+def test_binary_service_unit_runs_the_executable(binary: Path, tmp_path: Path) -> None:
+    """`registry service install` from the frozen executable: ExecStart is the executable itself."""
+    from app.system_service.systemd import parse_unit
+    from tests.helpers.service_manager import FakeTool, serve_as_service_manager_would
+
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f"[server]\nport = {port}\n")
+    systemctl = FakeTool(tmp_path / "bin", "systemctl")
+    env = {**_clean_env(tmp_path / "home"), **systemctl.env}
+    result = subprocess.run([str(binary), "service", "install", "--user", "-c", str(config), "--data",
+                             str(tmp_path / "data")], capture_output=True, text=True, env=env, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert systemctl.calls() == [["--user", "daemon-reload"], ["--user", "enable", "registry.service"]]
+    unit = (tmp_path / "home/xdg-config/systemd/user/registry.service").read_text()
+    arguments, environment = parse_unit(unit)
+    assert arguments == [str(binary), "-c", str(config), "server"]
+    serve_as_service_manager_would(arguments, environment, port, tmp_path)

@@ -2,7 +2,8 @@
 2.5x CNCF distribution's). Basic identities (argon2-cffi), CEL rules (cel-python) and pull-through (the
 upstream client, the FetchCoordinator) are imported and started only once the configuration uses them,
 including when a hot reload adds them later; TLS and the token service never load cryptography
-(~11 MiB) unless a token key file asks for asymmetric tokens.
+(~11 MiB) unless a token key file asks for asymmetric tokens; OpenTelemetry only with
+`[observability.tracing]`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ HEAVY = [
     "app.upstream.client",
     "app.upstream.metrics",
     "app.actors.fetch_coordinator",
+    "opentelemetry",  # [observability.tracing]: the SDK, the OTLP exporter, protobuf, requests
+    "google.protobuf",
+    "requests",
+    "app.tracing.otel",
+    "app.tracing.storage",
 ]
 
 _PROBE = """
@@ -57,10 +63,13 @@ async def main():
     if config.server.tls is not None:  # what `registry server` builds before listening
         from app.tls import ServerTLS
         ServerTLS(config.server.tls)
+    from app import tracing
+    tracing.start(config.observability.tracing)  # as serve() does
     registry = build_registry(config)
     await server._prepare_token_key(registry)
     build_app(registry)
     await registry.close()
+    tracing.shutdown()
 
 asyncio.run(main())
 print(json.dumps(sorted(sys.modules)))
@@ -147,3 +156,8 @@ async def test_pull_through_is_built_at_start_when_configured(tmp_path: Path) ->
         assert not isinstance(registry.blobs_for("cache/app"), BlobService)
     finally:
         await registry.close()
+
+
+def test_tracing_loads_opentelemetry_only_when_configured(tmp_path: Path) -> None:
+    traced = _loaded(tmp_path, _storage(tmp_path) + '[observability.tracing]\nendpoint = "http://127.0.0.1:9"\n')
+    assert {"opentelemetry.sdk.trace", "app.tracing.storage"} <= traced

@@ -58,12 +58,16 @@ def test_tls_on_or_off_needs_a_restart_but_new_files_apply(tmp_path: Path) -> No
     assert kept == [] and applied.server.tls == rotated.server.tls
 
 
-def test_tracing_sampling_rate_needs_a_restart() -> None:
-    running = config(observability={"tracing": {"endpoint": "http://otel:4317", "sampling_rate": 0.5}})
-    loaded = config(observability={"tracing": {"endpoint": "http://otel:4317", "sampling_rate": 0.1}})
-    applied, kept = split_restart_keys(running, loaded)
-    assert [k.key for k in kept] == ["observability.tracing.sampling_rate"]
-    assert applied.observability.tracing == running.observability.tracing
+def test_tracing_needs_a_restart() -> None:
+    running = config(observability={"tracing": {"endpoint": "http://otel:4318", "sampling_rate": 0.5}})
+    for change in ({"sampling_rate": 0.1}, {"endpoint": "http://other:4318"}, {"service_name": "edge"}):
+        loaded = config(observability={"tracing": {"endpoint": "http://otel:4318", "sampling_rate": 0.5,
+                                                   **change}})
+        applied, kept = split_restart_keys(running, loaded)
+        assert [k.key for k in kept] == ["observability.tracing"], change
+        assert applied.observability.tracing == running.observability.tracing
+    applied, kept = split_restart_keys(running, config())  # switched off: also at the next start
+    assert [k.key for k in kept] == ["observability.tracing"]
 
 
 def test_changed_sections_names_top_level_keys() -> None:

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from app import errors
+from app import errors, tracing
 from app.auth.identity import Identity
 from app.context import Registry
 from app.grammar import Digest
@@ -30,6 +30,8 @@ _MOUNT_ALLOWED = "mount_allowed"
 _UPLOAD_ALLOWED = "upload_allowed"
 # The token endpoint authenticates its callers itself (and never refuses an anonymous one).
 _UNAUTHENTICATED_KINDS = frozenset({"health", "ready", "token"})
+# A refusal (401, 403, 429) is the policy's answer, recorded on the span, not a failure of it.
+_REFUSALS = (errors.RegistryError,)
 _REGISTRY_KINDS = frozenset({"base", "catalog", "tags", "manifest", "blob", "upload_start", "upload",
                              "referrers"})
 
@@ -65,7 +67,9 @@ async def check(request: web.Request, route: Route, registry: Registry) -> None:
     if route.kind in _UNAUTHENTICATED_KINDS:
         return
     authenticator = registry.authenticator
-    identity = await authenticator.authenticate(request)
+    with tracing.quiet_span("authenticate", expected=_REFUSALS) as span:
+        identity = await authenticator.authenticate(request)
+        tracing.set_attributes(span, {"enduser.id": identity.subject, "auth.anonymous": identity.anonymous})
     request[IDENTITY_KEY] = identity
     if identity.anonymous and identity.grants is None and route.kind in _REGISTRY_KINDS and (
             authenticator.tokens is not None or (route.kind == "base" and authenticator.accepts_credentials)):
@@ -78,9 +82,11 @@ async def check(request: web.Request, route: Route, registry: Registry) -> None:
             f"{route.namespace or 'the registry'} (not allowed, or not requested)")
     access = access_request(request, route)
     if route.action != "mount-blob":
-        await registry.authorizer.authorize(identity, access)
+        with tracing.quiet_span("authorize", {"registry.action": route.action}, expected=_REFUSALS):
+            await registry.authorizer.authorize(identity, access)
         return
-    request[_MOUNT_ALLOWED] = await registry.authorizer.permits(identity, access)
+    with tracing.quiet_span("authorize", {"registry.action": route.action}, expected=_REFUSALS):
+        request[_MOUNT_ALLOWED] = await registry.authorizer.permits(identity, access)
     if not request[_MOUNT_ALLOWED]:
         await require_upload(request, route, registry)
 

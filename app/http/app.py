@@ -12,10 +12,10 @@ from app.http import base, blobs, catalog, health, manifests, referrers, tags, u
 from app.http.middlewares import (
     REGISTRY_KEY,
     ROUTE_KEY,
-    access_log_middleware,
     add_api_version,
     admission_middleware,
     error_middleware,
+    observe_middleware,
     route_middleware,
     timeout_middleware,
 )
@@ -63,7 +63,7 @@ def build_app(registry: Registry) -> web.Application:
     config = registry.config
     app = web.Application(
         middlewares=[
-            access_log_middleware,
+            observe_middleware,
             error_middleware,
             admission_middleware(config.global_.max_concurrent_requests),
             timeout_middleware(config.server.query_timeout),

@@ -46,12 +46,32 @@ class GuardedRequestHandler(web_protocol.RequestHandler):
         return not self._request_in_progress and not self._messages
 
     def data_received(self, data: bytes) -> None:
+        if (self._close or self._force_close) and self._draining_request():
+            self._drain_received(data)
+            return
         if self._header_timer is None and self._between_requests():
             self._header_timer = self._loop.call_later(self._limits.header_read_timeout, self._headers_late)
         super().data_received(data)
         if self._header_timer is not None and not self._between_requests():
             self._header_timer.cancel()
             self._header_timer = None
+
+    def _draining_request(self) -> bool:
+        """A request is being handled on a connection that is still open (not lost, only closing)."""
+        return self._request_in_progress and self.transport is not None and self._parser is not None
+
+    def _drain_received(self, data: bytes) -> None:
+        """The server is stopping (it closes every connection first, then waits for the handlers) and
+        aiohttp drops whatever arrives from then on, so an upload still receiving its body could only
+        hang until the grace period ran out. The request in progress gets the rest of its body; no
+        request after it is handled (the handler loop ends with it, and the connection closes)."""
+        closing, forced = self._close, self._force_close
+        self._close = self._force_close = False
+        try:
+            super().data_received(data)
+        finally:
+            self._close = self._close or closing
+            self._force_close = self._force_close or forced
 
     def _headers_late(self) -> None:
         self._header_timer = None

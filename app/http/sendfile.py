@@ -23,6 +23,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from app.http import traffic
 from app.http.transfers import TransferGuard, reset
 
 SEGMENT = 4 * 1024 * 1024
@@ -155,6 +156,7 @@ async def send(transport: Any, file_fd: int, offset: int, count: int, guard: Tra
                 sent = await asyncio.wrap_future(job, loop=loop)
                 if sent < 0:
                     raise ConnectionResetError("the blob file ended early")
+                traffic.sent(sent)  # this body bypasses aiohttp's writer, which counts the others
                 guard.moved(sent)
                 if sent == 0:  # the client's window is full: wait for it without holding a thread
                     await guard.wait(lambda: watcher.writable(socket_fd))

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from app import tracing
 from app.cache import CacheStore
 from app.client_tls import verifying_context
 from app.config import UpstreamConfig
@@ -124,6 +125,17 @@ class UpstreamClient:
         url = URL(f"{self._root}/v2/{remote}/{suffix}", encoded=True)
         headers = dict(headers or {})
         self._active += 1
+        # One span for the whole exchange (challenge, token, redirects) and the caller reading the body;
+        # a pull-through fill started by a request is its child, also once detached from it.
+        with tracing.span(f"upstream {method}", {"upstream.url": self.name, "url.path": url.path[:500],
+                                                 "http.request.method": method}) as span:
+            async with self._opened(method, url, headers, scope, remote) as response:
+                tracing.set_attributes(span, {"http.response.status_code": response.status})
+                yield response
+
+    @contextlib.asynccontextmanager
+    async def _opened(self, method: str, url: URL, headers: dict[str, str], scope: str,
+                      remote: str) -> AsyncIterator[aiohttp.ClientResponse]:
         try:
             authorization = await self._known_authorization(scope)
             response = await self._send(method, url, headers, authorization)

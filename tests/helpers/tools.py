@@ -16,6 +16,7 @@ INSTALL_HINTS = {
     "ctr": "apt-get install -y containerd",
     "dockerd": "apt-get install -y docker.io",
     "docker": "apt-get install -y docker.io",
+    "systemd-analyze": "apt-get install -y systemd",
 }
 
 
