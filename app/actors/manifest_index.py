@@ -56,6 +56,8 @@ class ManifestIndexActor(AsyncActor):
         self._clock = 0
         self._dropped_through = 0  # the newest generation of a namespace no longer cached
         self._catalog: list[str] | None = None
+        self._catalog_listings = 0  # storage listings for the catalog under way
+        self._catalog_added: dict[str, int] = {}  # namespace -> clock, added while one was under way
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
         self._body_bytes = 0
 
@@ -250,12 +252,33 @@ class ManifestIndexActor(AsyncActor):
             return None
         return page(self._catalog, n, last)
 
-    def load_catalog(self, names: list[str]) -> None:
-        self._catalog = sorted(set(names))
+    def catalog_generation(self) -> int:
+        """Taken before storage is listed for the catalog: namespaces added from now on are
+        remembered, and merged into that listing when it is loaded."""
+        self._catalog_listings += 1
+        return self._clock
+
+    def load_catalog(self, names: list[str], generation: int) -> None:
+        """A listing of storage that began at `generation`, plus every namespace added since (which
+        the listing may have missed: a fill never undoes a write)."""
+        added = {name for name, at in self._catalog_added.items() if at > generation}
+        self._catalog = sorted(set(names) | added)
+        self._catalog_listings = max(0, self._catalog_listings - 1)
+        if not self._catalog_listings:
+            self._catalog_added.clear()
+
+    def load_catalog_failed(self) -> None:
+        self._catalog_listings = max(0, self._catalog_listings - 1)
+        if not self._catalog_listings:
+            self._catalog_added.clear()
 
     def add_namespace(self, namespace: str) -> None:
-        if self._catalog is not None and namespace not in self._catalog:
-            bisect.insort(self._catalog, namespace)
+        if self._catalog is not None:
+            if namespace not in self._catalog:
+                bisect.insort(self._catalog, namespace)
+        elif self._catalog_listings:  # a listing is under way: it may have passed this name already
+            self._clock += 1
+            self._catalog_added[namespace] = self._clock
 
     def forget_namespace(self, namespace: str) -> None:
         """Drop everything cached about a namespace (it will be read again from storage)."""

@@ -272,7 +272,13 @@ class ManifestService:
     async def catalog(self, n: int | None, last: str | None) -> tuple[list[str], bool]:
         listed = await self.index.call("catalog", n, last)
         if listed is None:
-            await self.index.call("load_catalog", await self._discover_namespaces())
+            generation = await self.index.call("catalog_generation")
+            try:
+                names = await self._discover_namespaces()
+            except BaseException:
+                self.index.tell("load_catalog_failed")
+                raise
+            await self.index.call("load_catalog", names, generation)
             listed = await self.index.call("catalog", n, last)
         return listed
 

@@ -93,9 +93,9 @@ class UploadService:
         return upload_id
 
     async def status(self, namespace: str, upload_id: str) -> int:
-        size = await self.actor.call("status", namespace, upload_id)
-        if size is not None:
-            return int(size)
+        """The stored size: another process sharing the store may have appended since this one last
+        wrote to the session, so what this process remembers is not an answer."""
+        await self.actor.call("status", namespace, upload_id)  # refuses a session being expired
         return await self._stored_size(namespace, upload_id)
 
     async def _stored_size(self, namespace: str, upload_id: str) -> int:
