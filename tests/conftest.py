@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -122,3 +123,13 @@ async def driver(driver_spec: DriverSpec) -> AsyncIterator[Storage]:
 def _stop_actors() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _environment_unchanged() -> Iterator[None]:
+    """A test that leaves a REGISTRY_* variable in this worker's environment would configure every
+    server the later tests of the worker start (they inherit os.environ): fail the test that did it."""
+    before = {key: value for key, value in os.environ.items() if key.startswith("REGISTRY")}
+    yield
+    after = {key: value for key, value in os.environ.items() if key.startswith("REGISTRY")}
+    assert after == before, f"the test changed the environment: {set(after.items()) ^ set(before.items())}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import socket
 import sys
 import threading
@@ -24,6 +25,7 @@ import pytest
 import requests
 
 from app.server_control import ServerControl
+from app.system_service import DATA_VARIABLE
 from tests.helpers.server import free_port
 
 # The server runs in this process, where pytest turns warnings into errors: aiohttp's advice to use
@@ -61,9 +63,18 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[types.ModuleType, li
     for module in (win32service, servicemanager, win32serviceutil):
         monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.delitem(sys.modules, "app.system_service.windows_host", raising=False)
+    # The service process sets the data folder in its own environment (`--data`): here that is the
+    # test process's, which later tests in this worker share.
+    saved = os.environ.get(DATA_VARIABLE)
     module = importlib.import_module("app.system_service.windows_host")
-    yield module, events
-    sys.modules.pop("app.system_service.windows_host", None)  # built on the stand-ins: never reused
+    try:
+        yield module, events
+    finally:
+        sys.modules.pop("app.system_service.windows_host", None)  # built on the stand-ins: never reused
+        if saved is None:
+            os.environ.pop(DATA_VARIABLE, None)
+        else:
+            os.environ[DATA_VARIABLE] = saved
 
 
 def _wait_for(condition: Any, what: str, timeout: float = 30.0) -> None:
