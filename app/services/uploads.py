@@ -163,7 +163,7 @@ class UploadService:
         deadline = time.monotonic() + LEASE_WAIT
         while True:
             try:
-                return await self.actor.call("lease", namespace, upload_id)  # type: ignore[no-any-return]
+                return await self.actor.call("lease", namespace, upload_id)
             except UploadBusy:
                 if time.monotonic() >= deadline:
                     raise
