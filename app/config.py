@@ -137,11 +137,18 @@ class GlobalConfig(Section):
 
 
 class RedisLockConfig(Section):
+    """The Redis lock store (app/locks/redis.py, docs/locking.md)."""
+
     url: str
-    ttl: Duration = 10.0
+    # How long a lock outlives a holder that stops renewing it (renewed every ttl/3 while held).
+    ttl: Duration = Field(10.0, gt=0)
     key_prefix: str = ""
-    max_retries: int = 100
-    retry_delay_ms: int = 10
+    # A command that fails to reach Redis is retried every `retry_delay_ms` (jittered), at most
+    # `max_retries` times and never longer than `timeout`; a waiter polls a busy lock as often.
+    max_retries: int = Field(100, ge=0)
+    retry_delay_ms: int = Field(10, ge=1)
+    # Connect and command timeout of the Redis client: an unreachable Redis answers 503 this fast.
+    timeout: Duration = Field(1.0, gt=0)
 
 
 class FsStoreConfig(Section):
