@@ -12,6 +12,7 @@ from app.actors.supervisor import Actors, start_actors
 from app.actors.uploads import UploadLimits
 from app.auth.chain import Authenticator
 from app.cache import CacheStore, open_cache
+from app.coherence import open_coherence
 from app.config import Config
 from app.immutable import ImmutableTags
 from app.policy import Authorizer
@@ -101,6 +102,7 @@ class Registry:
         if self.pull_through is not None:
             await self.pull_through.close()
         await self.cache.close()
+        await self.manifests.coherence.close()
         self.actors.stop()
         await self.storage.close()
 
@@ -147,6 +149,7 @@ def build_registry(config: Config) -> Registry:
     manifests = ManifestService(storage, actors.index, actors.locks, blobs, config.global_.max_manifest_size,
                                 config.global_.max_manifest_references)
     manifests.immutable_tags = ImmutableTags(config)
+    manifests.coherence = open_coherence(config, actors.index)
     registry = Registry(config, storage, actors, blobs, uploads, manifests, authorizer, authenticator)
     registry.cache = open_cache(config.cache)
     registry._prepare_pull_through(config)

@@ -57,6 +57,7 @@ class ManifestIndexActor(AsyncActor):
         self._dropped_through = 0  # the newest generation of a namespace no longer cached
         self._catalog: list[str] | None = None
         self._catalog_listings = 0  # storage listings for the catalog under way
+        self._catalog_invalidated = 0  # the clock when another replica last changed the catalog
         self._catalog_added: dict[str, int] = {}  # namespace -> clock, added while one was under way
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
         self._body_bytes = 0
@@ -258,14 +259,20 @@ class ManifestIndexActor(AsyncActor):
         self._catalog_listings += 1
         return self._clock
 
-    def load_catalog(self, names: list[str], generation: int) -> None:
+    def load_catalog(self, names: list[str], generation: int) -> list[str]:
         """A listing of storage that began at `generation`, plus every namespace added since (which
         the listing may have missed: a fill never undoes a write)."""
         added = {name for name, at in self._catalog_added.items() if at > generation}
-        self._catalog = sorted(set(names) | added)
+        if generation >= self._catalog_invalidated:
+            self._catalog = sorted(set(names) | added)
         self._catalog_listings = max(0, self._catalog_listings - 1)
         if not self._catalog_listings:
             self._catalog_added.clear()
+        return sorted(set(names) | added)
+
+    def knows_namespace(self, namespace: str) -> bool:
+        """Whether the catalog here already has it (else a push may have made a new namespace)."""
+        return self._catalog is not None and namespace in self._catalog
 
     def load_catalog_failed(self) -> None:
         self._catalog_listings = max(0, self._catalog_listings - 1)
@@ -279,6 +286,21 @@ class ManifestIndexActor(AsyncActor):
         elif self._catalog_listings:  # a listing is under way: it may have passed this name already
             self._clock += 1
             self._catalog_added[namespace] = self._clock
+
+    def invalidate(self, namespace: str) -> None:
+        """Another replica changed the namespace: nothing cached of it is trusted any more, and fills
+        read before now are refused (app/coherence.py)."""
+        self._clock += 1
+        self._namespaces.pop(namespace, None)
+        # An empty entry at the new generation: fills taken before it are older and refused (an
+        # entry in the LRU like any other, so the index stays within `max_namespaces`).
+        self._cache(namespace).generation = self._clock
+
+    def invalidate_catalog(self) -> None:
+        """Another replica may have added a namespace: the catalog is listed from storage again, and a
+        listing that began before now is not installed."""
+        self._catalog = None
+        self._catalog_invalidated = self._clock = self._clock + 1
 
     def forget_namespace(self, namespace: str) -> None:
         """Drop everything cached about a namespace (it will be read again from storage)."""

@@ -20,6 +20,9 @@ async def readyz(request: web.Request, route: Route, registry: Registry) -> web.
         await registry.storage.list_dir(layout.ROOT)
     except Exception as exc:  # any storage failure means "not ready"
         return json_response({"status": "unavailable", "storage": str(exc)}, status=503)
+    shared = await registry.manifests.coherence.ready()  # replicas: the Redis they share state through
+    if shared is not None:
+        return json_response({"status": "unavailable", "shared_state": shared}, status=503)
     return json_response({"status": "ok"})
 
 

@@ -14,6 +14,7 @@ from app import errors, manifest
 from app.actors.bridge import ActorHandle
 from app.actors.locks import Locks
 from app.actors.manifest_index import page
+from app.coherence import Coherence
 from app.grammar import Digest
 from app.immutable import ImmutableTags
 from app.services.blobs import BlobService
@@ -48,6 +49,8 @@ class PutResult:
 class ManifestService:
     # Replaced from the configuration at start and on every reload (see Registry.reconfigure).
     immutable_tags: ImmutableTags | None = None
+    # Replicas sharing one store agree through it (app/coherence.py); one process needs nothing.
+    coherence: Coherence = Coherence()
 
     def __init__(self, storage: Storage, index: ActorHandle, locks: Locks, blobs: BlobService,
                  max_manifest_size: int, max_manifest_references: int = manifest.MAX_REFERENCES) -> None:
@@ -60,6 +63,7 @@ class ManifestService:
 
     # --- reading ------------------------------------------------------------------------------
     async def resolve_tag(self, namespace: str, tag: str) -> Digest:
+        await self.coherence.observe(namespace)
         cached = await self.index.call("resolve", namespace, tag)
         if cached is not None:
             return Digest.parse(cached)
@@ -71,6 +75,8 @@ class ManifestService:
         return digest
 
     async def get(self, namespace: str, reference: Digest | str) -> StoredManifest:
+        if isinstance(reference, Digest):
+            await self.coherence.observe(namespace)  # a tag's was observed by resolve_tag
         digest = reference if isinstance(reference, Digest) else await self.resolve_tag(namespace, reference)
         key = str(digest)
         media_type = await self.index.call("revision", namespace, key)
@@ -122,7 +128,14 @@ class ManifestService:
                     if tag in immutable:
                         await self._check_immutable(namespace, tag, digest)
                     await self.set_tag(namespace, tag, digest)
+        await self.announce(namespace)
         return PutResult(digest, parsed.subject)
+
+    async def announce(self, namespace: str) -> None:
+        """Tell the other replicas that `namespace` changed in storage (before the client hears of it)."""
+        if self.coherence.shared:
+            new = not await self.index.call("knows_namespace", namespace)
+            await self.coherence.changed(namespace, new_namespace=new)
 
     def _validate(self, reference: Digest | str, body: bytes, content_type: str | None) -> manifest.Manifest:
         """The digest and the parsed manifest of a PUT body (no I/O: runs in a thread when large)."""
@@ -206,6 +219,7 @@ class ManifestService:
                 await self.resolve_tag(namespace, reference)
                 await self.storage.delete_tree(layout.tag_dir(namespace, reference))
                 self.index.tell("delete_tag", namespace, reference)
+            await self.announce(namespace)
             return
         async with self.locks.hold(lock_names.manifest(namespace, reference)):
             stored = await self.get(namespace, reference)
@@ -224,6 +238,7 @@ class ManifestService:
                 self.index.tell("remove_referrer", namespace, str(described.subject), str(reference))
             await self.storage.delete_tree(layout.revision_dir(namespace, reference))
             self.index.tell("drop_revision", namespace, str(reference))
+        await self.announce(namespace)
 
     # --- listing ------------------------------------------------------------------------------
     async def _all_tags(self, namespace: str) -> dict[str, str]:
@@ -237,6 +252,7 @@ class ManifestService:
         return tags
 
     async def list_tags(self, namespace: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        await self.coherence.observe(namespace)
         listed = await self.index.call("list_tags", namespace, n, last)
         if listed is not None:
             return listed
@@ -250,6 +266,7 @@ class ManifestService:
 
     async def referrers(self, namespace: str, subject: Digest,
                         artifact_type: str | None) -> list[dict[str, Any]]:
+        await self.coherence.observe(namespace)
         descriptors = await self.index.call("referrers", namespace, str(subject))
         if descriptors is None:
             generation = await self.index.call("generation", namespace)
@@ -270,6 +287,7 @@ class ManifestService:
         return sorted(descriptors, key=lambda d: d["digest"])
 
     async def catalog(self, n: int | None, last: str | None) -> tuple[list[str], bool]:
+        await self.coherence.observe_catalog()
         listed = await self.index.call("catalog", n, last)
         if listed is None:
             generation = await self.index.call("catalog_generation")
@@ -278,8 +296,10 @@ class ManifestService:
             except BaseException:
                 self.index.tell("load_catalog_failed")
                 raise
-            await self.index.call("load_catalog", names, generation)
+            names = await self.index.call("load_catalog", names, generation)
             listed = await self.index.call("catalog", n, last)
+            if listed is None:  # another replica changed the catalog while it was listed: not kept
+                listed = page(names, n, last)
         return listed
 
     async def _discover_namespaces(self) -> list[str]:

@@ -27,6 +27,7 @@ from app.services.flights import Flights, Leader
 from app.services.manifests import ManifestService, PutResult, StoredManifest
 from app.services.pull_blobs import read_only
 from app.storage import NotFound, Storage, layout
+from app.storage import locks as lock_names
 from app.upstream import metrics
 from app.upstream.client import MANIFEST_ACCEPT, UpstreamClient
 from app.upstream.errors import UpstreamFailure, UpstreamInvalid, UpstreamUnavailable
@@ -182,9 +183,10 @@ class PullThroughManifests:
         local = self.local
         await local.store_revision(namespace, digest, body, parsed)
         if tag is not None:
-            async with local.locks.hold(f"tag:{namespace}:{tag}"):
+            async with local.locks.hold(lock_names.tag(namespace, tag)):
                 await local.set_tag(namespace, tag, digest)
                 await self._touch(namespace, tag)
+        await local.announce(namespace)
 
     # --- tags -----------------------------------------------------------------------------------
     async def list_tags(self, namespace: str, n: int | None, last: str | None) -> tuple[list[str], bool]:

@@ -1,0 +1,156 @@
+"""Replicas: three `registry server` processes on one store (one folder, or one S3 bucket) and one real
+`redis-server` behave as one registry. What one writes, the others serve on the very next request
+(issue 12; app/coherence.py).
+
+Every replica keeps tags, tag lists, referrers and the catalog in memory, so without the shared
+versions in Redis these tests see stale answers: B keeps answering the digest it cached before A moved
+the tag.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.moto import MotoServer
+from tests.helpers.oci import Image, make_image, push_image
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.server import RegistryProcess, toml_value
+from tests.helpers.stores import new_s3_store, s3_section
+
+ACCEPT = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["fs", "s3"])
+def replicas(request: pytest.FixtureRequest, tmp_path: Path,
+             redis_server: RedisServer) -> Iterator[list[RegistryProcess]]:
+    if request.param == "fs":
+        store = f"[blob_store.fs]\nroot_dir = {toml_value(tmp_path / 'shared')}\n"
+    else:
+        moto: MotoServer = request.getfixturevalue("moto_server")
+        store = s3_section(new_s3_store(moto.endpoint))
+    section = f"{store}\n[cache.redis]\nurl = {toml_value(redis_server.url)}\nkey_prefix = \"test:\"\n"
+    started = []
+    for name in ("a", "b", "c"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        started.append(RegistryProcess(workdir, section).start())
+    yield started
+    for server in started:
+        server.kill()
+
+
+def _digest(server: RegistryProcess, name: str, reference: str) -> str | int:
+    response = server.get(f"/v2/{name}/manifests/{reference}", headers=ACCEPT)
+    if response.status_code != 200:
+        return response.status_code
+    return str(response.headers["Docker-Content-Digest"])
+
+
+def _push(server: RegistryProcess, name: str, tag: str | None = None, image: Image | None = None) -> Image:
+    image = image or make_image()
+    response = push_image(server.session, server.url, name, image, tag)
+    assert response.status_code == 201, response.text
+    return image
+
+
+def test_a_tag_moved_on_one_replica_is_answered_by_the_others_at_once(
+        replicas: list[RegistryProcess]) -> None:
+    a = replicas[0]
+    images = [_push(a, "team/app") for _ in range(4)]  # blobs and revisions; the tag moves among them
+    stale = 0
+    for move in range(100):
+        writer = replicas[move % 3]
+        image = images[move % len(images)]
+        response = writer.session.put(f"{writer.url}/v2/team/app/manifests/latest", data=image.manifest,
+                                      headers={"Content-Type": image.media_type}, timeout=60)
+        assert response.status_code == 201, response.text
+        for reader in replicas:  # every replica, including ones that had the old digest cached
+            if _digest(reader, "team/app", "latest") != image.digest:
+                stale += 1
+    assert stale == 0, f"{stale} stale answers in 300 reads"
+
+
+def test_writes_on_one_replica_show_on_the_others(replicas: list[RegistryProcess]) -> None:
+    a, b, c = replicas
+    first = _push(a, "team/app", "v1")
+    for server in (b, c):  # cached there now
+        assert _digest(server, "team/app", "v1") == first.digest
+        assert server.get("/v2/team/app/tags/list").json()["tags"] == ["v1"]
+        assert server.get("/v2/_catalog").json()["repositories"] == ["team/app"]
+    # A new tag, a new repository and a referrer, pushed on A: listed by B and C on the next request.
+    _push(a, "team/app", "v2")
+    _push(a, "team/other", "v1")
+    subject = {"mediaType": first.media_type, "digest": first.digest, "size": len(first.manifest)}
+    referrer = _push(a, "team/app", image=make_image(subject=subject, artifact_type="application/vnd.test"))
+    for server in (b, c):
+        assert server.get("/v2/team/app/tags/list").json()["tags"] == ["v1", "v2"]
+        assert server.get("/v2/_catalog").json()["repositories"] == ["team/app", "team/other"]
+        listed = server.get(f"/v2/team/app/referrers/{first.digest}").json()["manifests"]
+        assert [d["digest"] for d in listed] == [referrer.digest]
+    # Deletes on B: gone on A and C at once.
+    assert b.delete(f"/v2/team/app/manifests/{referrer.digest}").status_code == 202
+    assert b.delete("/v2/team/app/manifests/v2").status_code == 202
+    for server in (a, c):
+        assert server.get(f"/v2/team/app/referrers/{first.digest}").json()["manifests"] == []
+        assert _digest(server, "team/app", "v2") == 404
+        assert _digest(server, "team/app", referrer.digest) == 404
+        assert server.get("/v2/team/app/tags/list").json()["tags"] == ["v1"]
+
+
+def test_redis_away_gives_503s_and_service_resumes_when_it_returns(
+        replicas: list[RegistryProcess], redis_server: RedisServer) -> None:
+    a, b, _ = replicas
+    image = _push(a, "team/app", "v1")
+    assert _digest(b, "team/app", "v1") == image.digest
+    redis_server.stop()
+    started = time.monotonic()
+    refused = b.get("/v2/team/app/manifests/v1", headers=ACCEPT)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["errors"][0]["code"] == "UNAVAILABLE"
+    assert time.monotonic() - started < 10  # a clear error, not a hang
+    assert b.get("/readyz").status_code == 503
+    assert b.get("/healthz").status_code == 200  # alive: nothing to restart
+    moved = make_image()
+    assert push_image(a.session, a.url, "team/app", moved, "v1").status_code == 503  # nothing answered 201
+    redis_server.start()  # empty, as after a Redis restart without persistence
+    deadline = time.monotonic() + 20
+    while b.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the replica did not reconnect to Redis"
+        time.sleep(0.2)
+    # The PUT that answered 503 may have reached storage: every replica answers what storage holds.
+    stored = {image.digest, moved.digest}
+    answers = {str(_digest(server, "team/app", "v1")) for server in replicas}
+    assert len(answers) == 1 and answers <= stored, answers
+    again = _push(b, "team/app", "v1")
+    for server in replicas:
+        assert _digest(server, "team/app", "v1") == again.digest
+
+
+def test_one_replica_without_redis_refuses_to_pretend(tmp_path: Path) -> None:
+    """A replica whose Redis is unreachable from the start answers 503 for what needs shared state."""
+    dead = f"redis://127.0.0.1:{_closed_port()}/0"
+    workdir = tmp_path / "lonely"
+    workdir.mkdir()
+    server = RegistryProcess(workdir, f"[cache.redis]\nurl = {toml_value(dead)}\n").start()
+    try:
+        assert server.get("/v2/team/app/tags/list").status_code == 503
+        assert server.get("/readyz").status_code == 503
+    finally:
+        server.kill()
+
+
+def _closed_port() -> int:
+    from tests.helpers.server import free_port
+
+    return free_port()
