@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("argon", aliases=["hash-password"],
                         help="read a password and print its Argon2id hash for [auth.identity.*]")
     commands.add_parser("check-config", help="validate the configuration and print it, secrets redacted")
+    from app.commands import scrub
+
+    scrub.add_arguments(commands)
     from app.commands import service
 
     service.add_arguments(commands)
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from app.client_tls import import_aiohttp
 
         import_aiohttp()  # before anything else imports it: no CA certificates loaded for nothing
+        if args.command == "scrub":
+            from app.commands import scrub
+
+            return scrub.run(config, args)
         if getattr(args, "admin", False):
             from app.commands import admin
 

@@ -1,8 +1,9 @@
 """Smoke test of a built executable, on any OS, with the standard library only (the release workflow
 runs it on each runner): `registry version`, start with zero config on a free port, push an image and
-pull it back over the registry API, curl a manifest, SIGTERM/Ctrl-Break, and report size and start
-time. `--service` instead installs, starts, queries, stops and uninstalls it with the OS's service
-manager (needs root/Administrator; the executable must be where the service account can run it).
+pull it back over the registry API, curl a manifest, `registry scrub --dry-run` on what was pushed,
+SIGTERM/Ctrl-Break, and report size and start time. `--service` instead installs, starts, queries,
+stops and uninstalls it with the OS's service manager (needs root/Administrator; the executable must
+be where the service account can run it).
 
     python build/smoke.py dist/registry [--summary FILE]
     sudo python build/smoke.py /usr/local/bin/registry --service
@@ -94,6 +95,17 @@ def push_and_pull(url: str) -> None:
     print("pushed and pulled smoke/img:v1")
 
 
+def scrub_dry_run(executable: Path, env: dict[str, str], work: Path) -> None:
+    """`registry scrub --dry-run` on the data just pushed, beside the running server: consistent (0)."""
+    result = subprocess.run([str(executable), "scrub", "--dry-run"], env=env, cwd=work, capture_output=True,
+                            text=True, timeout=120, check=False)
+    lines = result.stdout.splitlines()
+    if result.returncode != 0 or not lines or "the store is consistent" not in lines[-1]:
+        sys.exit(f"`registry scrub --dry-run` exited with {result.returncode}:\n"
+                 f"{result.stdout}{result.stderr}")
+    print(f"scrub --dry-run: {lines[-1]}")
+
+
 def run_server(executable: Path) -> float:
     work = Path(tempfile.mkdtemp(prefix="registry-smoke-"))
     port = free_port()
@@ -106,7 +118,7 @@ def run_server(executable: Path) -> float:
         seconds = wait_for_v2(f"http://127.0.0.1:{port}", process)
         print(f"GET /v2/ -> 200 after {seconds:.2f} s")
         push_and_pull(f"http://127.0.0.1:{port}")
-        # TODO(issue 15, with the lifecycle issue's `scrub`): `registry scrub --dry-run` on work/data.
+        scrub_dry_run(executable, env, work)
     finally:
         # POSIX: SIGTERM drains and exits 0. Windows: Ctrl-Break, which the registry handles the same way.
         process.send_signal(signal.CTRL_BREAK_EVENT if WINDOWS else signal.SIGTERM)  # type: ignore[attr-defined]

@@ -219,6 +219,15 @@ def test_binary_push_pull_sigterm(server: BinaryProcess, tmp_path: Path) -> None
     assert manifest.status_code == 200
     assert manifest.content == image.manifest
 
+    # `registry scrub` from the executable, beside the running server, on what was just pushed.
+    scrubbed = subprocess.run([str(server.binary), "scrub", "--dry-run", "--json"], cwd=server.workdir,
+                              env=server.env, capture_output=True, text=True, timeout=120, check=False)
+    assert scrubbed.returncode == 0, scrubbed.stdout + scrubbed.stderr
+    report = json.loads(scrubbed.stdout)
+    assert report["consistent"] and [c["name"] for c in report["checks"]] == [
+        "uploads", "blobs", "tags", "revisions"]
+    assert {c["name"]: c["examined"] for c in report["checks"]}["blobs"] == len(image.blobs) + 1
+
     assert server.stop() == 0, server.logs()
     assert '"stopped"' in server.logs()
 

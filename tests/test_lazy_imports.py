@@ -29,6 +29,9 @@ HEAVY = [
     "lark",
     "re2._re2",  # the CEL matches() function, at its first use
     "prometheus_client",  # the first counter increment or /metrics scrape (app/metrics.py)
+    "tqdm",  # the progress bar of `registry scrub`
+    "app.lifecycle.scrub",  # `registry scrub` (app/commands/scrub.py imports it when it runs)
+    "redis",  # the Redis lock store and the replicas' shared state, only when configured
     "argon2",  # [auth.identity.*]
     "_cffi_backend",
     "app.tls",

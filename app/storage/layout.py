@@ -13,6 +13,9 @@ TMP = "tmp"
 # The token service's signing secret when no key file is configured: generated once, shared by every
 # replica.
 TOKEN_SIGNING_SECRET = "token/signing-secret"
+# `registry scrub`: blobs whose bytes do not match their digest, moved out of distribution's tree (so
+# clients get 404, not corrupt bytes) and kept for an operator to look at (docs/gc.md).
+QUARANTINE = "quarantine"
 # `registry server --admin`: the Argon2 hash of the generated admin password, kept from the first start.
 ADMIN_PASSWORD_HASH = "auth/admin-password.phc"
 
@@ -103,3 +106,12 @@ def upload_verify(name: str, upload_id: str) -> str:
 
 def upload_started_at(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def quarantine_data(digest: Digest) -> str:
+    return f"{QUARANTINE}/{digest.algorithm}/{digest.hex}/data"
+
+
+def quarantine_note(digest: Digest) -> str:
+    """Ours: why and when `registry scrub` moved the blob here (JSON)."""
+    return f"{QUARANTINE}/{digest.algorithm}/{digest.hex}/note.json"

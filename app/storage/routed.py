@@ -2,8 +2,9 @@
 
 Every key names which store holds it: blob data (`blobs/...`) and the bytes on their way to becoming a
 blob (upload sessions and pull-through spools, below `_uploads/`) live in the blob store, so a commit
-never crosses stores; links, tags, revisions, the token secret and everything else live in the
-metadata store. Keys are built only by app/storage/layout.py, which makes the rule total.
+never crosses stores, and so do the blobs `registry scrub` quarantined (a move within one store); links,
+tags, revisions, the token secret and everything else live in the metadata store. Keys are built only
+by app/storage/layout.py, which makes the rule total.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from app.storage.base import Body, SpoolWriter, Stat, Storage, UploadWriter
 
 
 def holds_blob_bytes(key: str) -> bool:
-    return key.startswith(layout.BLOBS + "/") or key == layout.BLOBS or "/_uploads/" in key
+    return (key.startswith((layout.BLOBS + "/", layout.QUARANTINE + "/"))
+            or key in (layout.BLOBS, layout.QUARANTINE) or "/_uploads/" in key)
 
 
 class RoutedStorage(Storage):

@@ -1,0 +1,14 @@
+"""The storage lifecycle core that `registry scrub`, and later the server's GC sweeper, share (no HTTP).
+
+- `inventory`: one paginated walk of `repositories/` into what each repository holds (revisions, tags,
+  layer and referrer links, upload sessions);
+- `references`: the reference marking: which blobs every manifest revision of every repository
+  references (config, layers, index children, subject);
+- `checks`: the scrub checks, one module each (`uploads`, `tags`, `revisions`, `blobs`), each reporting
+  what it found and what it repaired;
+- `report`: findings, one summary line per check, the JSON report, the exit status;
+- `scrub`: runs the selected checks in order over one store.
+
+Locks are taken through `locking.LockStore`, the shape of `app.actors.locks.Locks.hold`, so the
+cross-process lock store can be passed in place of the in-process one.
+"""

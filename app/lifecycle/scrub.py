@@ -1,0 +1,91 @@
+"""One scrub of a store: the selected checks, in an order where no check undoes another's work.
+
+1. uploads (independent of the rest);
+2. blobs: corrupt blobs quarantined first, so that the checks below report the images that lost a
+   blob in this very run (not only in the next); unreferenced blobs swept by a marking that also
+   counts what the tags and revisions checks can still repair;
+3. tags: a tag whose revision link is missing but whose manifest is stored gets its link back;
+4. revisions: the links of every revision, including those the tags check re-linked.
+
+The walk of `repositories/` and the marking are taken once, before the checks that need them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from app.lifecycle import inventory, references
+from app.lifecycle.checks import blobs, revisions, tags, uploads
+from app.lifecycle.context import NoProgress, Progress, ScrubContext
+from app.lifecycle.locking import LockStore
+from app.lifecycle.report import CheckReport, Report
+from app.storage import Storage, StorageError
+
+CHECKS = ("uploads", "blobs", "tags", "revisions")
+UNITS = {"uploads": "upload sessions", "blobs": "blobs", "tags": "tags", "revisions": "revisions"}
+DEFAULT_UPLOAD_AGE = 24 * 3600.0
+
+
+@dataclass
+class ScrubOptions:
+    checks: set[str] = field(default_factory=lambda: set(CHECKS))
+    dry_run: bool = False
+    upload_age: float = DEFAULT_UPLOAD_AGE
+    grace_period: float = 3600.0
+
+
+async def scrub(storage: Storage, locks: LockStore, options: ScrubOptions, store: str = "",
+                progress: Progress | None = None,
+                on_check_done: Callable[[CheckReport], None] | None = None) -> Report:
+    """Run the checks of `options` over `storage`; `on_check_done(check)` is called as each ends."""
+    shown = progress or NoProgress()
+    ctx = ScrubContext(storage, locks, options.dry_run, shown)
+    report = Report(options.dry_run, store)
+    started = time.monotonic()
+    prepared = False
+    for name in CHECKS:
+        if name not in options.checks:
+            continue
+        check = CheckReport(name, UNITS[name], options.dry_run)
+        report.checks.append(check)
+        try:
+            if not prepared:
+                prepare_started = time.monotonic()
+                await _prepare(ctx, options)
+                prepared = True
+                report.prepare_seconds = time.monotonic() - prepare_started
+                check.started = time.monotonic()  # the listing and the marking are counted apart
+            if name == "uploads":
+                await uploads.run(ctx, check, options.upload_age)
+            elif name == "blobs":
+                await blobs.run(ctx, check, options.grace_period)
+            elif name == "tags":
+                await tags.run(ctx, check)
+            else:
+                await revisions.run(ctx, check)
+        except StorageError as exc:
+            check.error = str(exc)
+        check.finish()
+        if on_check_done is not None:
+            on_check_done(check)
+        if check.error is not None and not prepared:
+            break  # the store cannot even be listed: the other checks would fail the same way
+    report.seconds = time.monotonic() - started
+    return report
+
+
+async def _prepare(ctx: ScrubContext, options: ScrubOptions) -> None:
+    ctx.progress.begin("listing repositories", None)
+    try:
+        ctx.inventory = await inventory.take(ctx.storage, ctx.progress.advance)
+    finally:
+        ctx.progress.end()
+    if options.checks & {"blobs", "revisions", "tags"}:
+        stored = sum(len(repo.revisions) for repo in ctx.inventory.repositories.values())
+        ctx.progress.begin("reading manifests", stored)
+        try:
+            ctx.marking = await references.mark(ctx.storage, ctx.inventory, ctx.progress.advance)
+        finally:
+            ctx.progress.end()
