@@ -15,6 +15,7 @@ from app.cache import CacheStore, open_cache
 from app.coherence import open_coherence
 from app.config import Config
 from app.immutable import ImmutableTags
+from app.locks import LockStore, open_lock_store
 from app.policy import Authorizer
 from app.services.blobs import BlobService
 from app.services.manifests import ManifestService
@@ -39,6 +40,8 @@ class Registry:
     authenticator: Authenticator
     # Set by build_registry once the registry exists.
     cache: CacheStore = field(init=False)
+    # The locks every writer takes (app/locks/): files for an fs store, Redis when configured.
+    locks: LockStore = field(init=False)
     # Built with the first configuration that has upstreams (at start or by a hot reload), then kept:
     # a registry that never mirrors anything never imports the pull-through code or its upstream client.
     pull_through: PullThrough | None = field(init=False, default=None)
@@ -67,7 +70,7 @@ class Registry:
         from app.services.pull_through import PullThrough
 
         fetches = self.actors.start_fetch_coordinator()
-        self.pull_through = PullThrough(self.storage, self.actors.locks, fetches, self.blobs, self.manifests,
+        self.pull_through = PullThrough(self.storage, self.locks, fetches, self.blobs, self.manifests,
                                         self.cache)
 
     def reconfigure(self, config: Config) -> None:
@@ -103,6 +106,7 @@ class Registry:
             await self.pull_through.close()
         await self.cache.close()
         await self.manifests.coherence.close()
+        await self.locks.close()
         self.actors.stop()
         await self.storage.close()
 
@@ -143,14 +147,16 @@ def build_registry(config: Config) -> Registry:
         storage = traced(storage)
     authenticator = Authenticator(config, storage)
     actors = start_actors(config.global_.index_max_namespaces)
+    locks = open_lock_store(config.blob_store, config.metadata_store, actor=actors.lock_actor)
     blobs = BlobService(storage)
-    uploads = UploadService(storage, actors.uploads, actors.locks, blobs, config.server.streaming_chunk_size)
+    uploads = UploadService(storage, actors.uploads, locks, blobs, config.server.streaming_chunk_size)
     uploads.configure(UploadLimits.of(config.global_))
-    manifests = ManifestService(storage, actors.index, actors.locks, blobs, config.global_.max_manifest_size,
+    manifests = ManifestService(storage, actors.index, locks, blobs, config.global_.max_manifest_size,
                                 config.global_.max_manifest_references)
     manifests.immutable_tags = ImmutableTags(config)
     manifests.coherence = open_coherence(config, actors.index)
     registry = Registry(config, storage, actors, blobs, uploads, manifests, authorizer, authenticator)
     registry.cache = open_cache(config.cache)
+    registry.locks = locks
     registry._prepare_pull_through(config)
     return registry

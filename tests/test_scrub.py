@@ -10,6 +10,7 @@ Scrub running beside pushes must lose no image.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.helpers import stores
+from tests.helpers import auth, stores
 from tests.helpers.drivers import DriverSpec
 from tests.helpers.oci import (
     OCI_MANIFEST,
@@ -406,3 +407,42 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     text = shown.decode(errors="replace")
     assert "listing repositories" in text and "blobs:" in text, text
     assert "\r" in text  # the bar redraws in place
+
+
+# --- scrub and the server share one lock store -----------------------------------------------------
+def test_scrub_waits_for_a_patch_in_progress_and_keeps_its_session(
+        start_registry: Callable[..., RegistryProcess], tmp_path: Path) -> None:
+    """With `--uploads 0s` every session is stale, but one a PATCH is writing to right now is held by
+    that request's session lock (files in the data folder, app/locks/files.py): scrub waits for it,
+    looks again, sees it was just touched, and keeps it. With locks of its own process only, scrub
+    removed the session under the PATCH and the client's blob was lost."""
+    import socket
+
+    section = f'[blob_store.fs]\nroot_dir = "{(tmp_path / "store").as_posix()}"\n'
+    server = start_registry(section)
+    first, second = os.urandom(300_000), os.urandom(200_000)
+    started = server.post("/v2/team/app/blobs/uploads/")
+    assert started.status_code == 202, started.text
+    path = location(started)
+    headers = (f"PATCH {path} HTTP/1.1\r\nHost: {server.host}\r\n{auth.header_lines(server)}"
+               "Content-Type: application/octet-stream\r\n"
+               f"Content-Length: {len(first) + len(second)}\r\n\r\n")
+    answer: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(headers.encode() + first)
+        time.sleep(1.0)  # the server is inside the PATCH now, holding the session's lock
+        scrub = threading.Thread(target=lambda: answer.append(
+            run_scrub(server, "--json", "--uploads", "0s").stdout.encode()))
+        scrub.start()
+        time.sleep(2.0)  # scrub is waiting for the session lock
+        sock.sendall(second)
+        response = sock.recv(65536)
+        assert response.startswith(b"HTTP/1.1 202"), response[:300]
+    scrub.join(120)
+    assert not scrub.is_alive()
+    report = json.loads(answer[0])
+    assert repaired(report).get("stale_upload", 0) == 0, report
+    digest = "sha256:" + hashlib.sha256(first + second).hexdigest()
+    done = server.put(f"{path}{'&' if '?' in path else '?'}digest={digest}")
+    assert done.status_code == 201, done.text
+    assert server.get(f"/v2/team/app/blobs/{digest}").content == first + second

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.actors.bridge import ActorHandle
-from app.actors.locks import LockActor, Locks
+from app.actors.locks import LockActor
 from app.actors.manifest_index import DEFAULT_MAX_NAMESPACES, ManifestIndexActor
 from app.actors.uploads import UploadActor
 from app.config import Config
+from app.locks.memory import MemoryLockStore
 
 if TYPE_CHECKING:
     from app.actors.config_watcher import ApplyReload
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Actors:
-    locks: Locks
+    locks: MemoryLockStore  # this process's locks (the server's own store: app/locks/, Registry.locks)
     lock_actor: ActorHandle
     uploads: ActorHandle
     index: ActorHandle
@@ -66,4 +67,4 @@ def start_actors(index_max_namespaces: int = DEFAULT_MAX_NAMESPACES) -> Actors:
     lock_actor = ActorHandle(LockActor.start())
     uploads = ActorHandle(UploadActor.start())
     index = ActorHandle(ManifestIndexActor.start(index_max_namespaces))
-    return Actors(locks=Locks(lock_actor), lock_actor=lock_actor, uploads=uploads, index=index)
+    return Actors(locks=MemoryLockStore(lock_actor), lock_actor=lock_actor, uploads=uploads, index=index)

@@ -90,15 +90,13 @@ def describe_store(config: Config) -> str:
 
 
 async def _run(config: Config, options: ScrubOptions, as_json: bool) -> int:
-    from app.actors.bridge import ActorHandle
-    from app.actors.locks import LockActor, Locks
     from app.lifecycle.scrub import scrub
+    from app.locks import open_lock_store
     from app.storage import StorageError, open_stores
 
-    # In-process locks for now: they order scrub's own repairs. The lock store shared with running
-    # servers (app/locks/, issue 13's replicas work) is passed here instead once it exists; the
-    # checks take any object with `hold(name, wait=)` (app/lifecycle/locking.py).
-    lock_actor = ActorHandle(LockActor.start())
+    # The lock store the servers on this store use (app/locks/): files in the data folder for an fs
+    # store, Redis when configured; so a repair and a server's write of the same key exclude each other.
+    locks = open_lock_store(config.blob_store, config.metadata_store)
     storage = open_stores(config.blob_store, config.metadata_store)
     interactive = sys.stderr.isatty() and not as_json
 
@@ -107,14 +105,14 @@ async def _run(config: Config, options: ScrubOptions, as_json: bool) -> int:
             print(check.summary(), flush=True)
 
     try:
-        report = await scrub(storage, Locks(lock_actor), options, describe_store(config),
+        report = await scrub(storage, locks, options, describe_store(config),
                              Bar() if interactive else None, done)
     except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         await storage.close()
-        lock_actor.stop()
+        await locks.close()
     if as_json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -9,6 +9,6 @@
 - `report`: findings, one summary line per check, the JSON report, the exit status;
 - `scrub`: runs the selected checks in order over one store.
 
-Locks are taken through `locking.LockStore`, the shape of `app.actors.locks.Locks.hold`, so the
-cross-process lock store can be passed in place of the in-process one.
+Locks are taken through `locking.LockStore`, the shape of every store of app/locks/: the command passes
+the one the servers on the same store use (files or Redis), so repairs and writes exclude each other.
 """

@@ -1,7 +1,7 @@
 """What the lifecycle code needs of a lock store: `async with locks.hold(name, wait=...)`.
 
-`app.actors.locks.Locks` (in-process) has this shape, and so will the lock store shared by processes
-and replicas; lock names come from app/storage/locks.py, the same ones the server takes.
+Every lock store of app/locks/ has this shape (the command passes the one the servers on the same store
+use); lock names come from app/storage/locks.py, the same ones the server takes.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ from typing import Any
 
 from app import errors, manifest
 from app.actors.bridge import ActorHandle
-from app.actors.locks import Locks
 from app.actors.manifest_index import page
 from app.coherence import Coherence
 from app.grammar import Digest
 from app.immutable import ImmutableTags
+from app.locks.base import LockStore
 from app.services.blobs import BlobService
 from app.services.links import read_link, write_link
 from app.storage import NotFound, Storage, layout
@@ -52,7 +52,7 @@ class ManifestService:
     # Replicas sharing one store agree through it (app/coherence.py); one process needs nothing.
     coherence: Coherence = Coherence()
 
-    def __init__(self, storage: Storage, index: ActorHandle, locks: Locks, blobs: BlobService,
+    def __init__(self, storage: Storage, index: ActorHandle, locks: LockStore, blobs: BlobService,
                  max_manifest_size: int, max_manifest_references: int = manifest.MAX_REFERENCES) -> None:
         self.storage = storage
         self.index = index

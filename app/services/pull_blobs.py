@@ -20,8 +20,8 @@ import aiohttp
 
 from app import errors
 from app.actors.fetch_coordinator import DONE, FAILED, STARTING
-from app.actors.locks import Locks
 from app.grammar import Digest
+from app.locks.base import LockStore
 from app.services.blobs import BlobService
 from app.services.flights import Flights, Leader, Reader, error_of, raise_error
 from app.services.remote import BlobStreamAborted, RemoteBlob
@@ -45,8 +45,8 @@ def _fetch_id(flight_id: str) -> str:
 class PullThroughBlobs:
     """The blob service of one pull-through repository (same methods the handlers use on BlobService)."""
 
-    def __init__(self, local: BlobService, storage: Storage, locks: Locks, flights: Flights, mirror: Mirror,
-                 chunk_size: int) -> None:
+    def __init__(self, local: BlobService, storage: Storage, locks: LockStore, flights: Flights,
+                 mirror: Mirror, chunk_size: int) -> None:
         self.local = local
         self.storage = storage
         self.locks = locks

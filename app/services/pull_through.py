@@ -15,10 +15,10 @@ from typing import Any
 
 from app import registry_hosts
 from app.actors.bridge import ActorHandle
-from app.actors.locks import Locks
 from app.cache import CacheStore
 from app.config import Config, RepositoryConfig, UpstreamConfig
 from app.grammar import Digest
+from app.locks.base import LockStore
 from app.repositories import RepositoryMap
 from app.services.blobs import BlobService
 from app.services.flights import Flights
@@ -56,7 +56,7 @@ class ReadOnlyUploads:
 
 
 class PullThrough:
-    def __init__(self, storage: Storage, locks: Locks, fetches: ActorHandle, blobs: BlobService,
+    def __init__(self, storage: Storage, locks: LockStore, fetches: ActorHandle, blobs: BlobService,
                  manifests: ManifestService, cache: CacheStore) -> None:
         self.storage = storage
         self.locks = locks

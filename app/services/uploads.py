@@ -13,10 +13,11 @@ from typing import Any
 
 from app import errors
 from app.actors.bridge import ActorHandle
-from app.actors.locks import Locks
 from app.actors.uploads import Lease, UploadBusy, UploadLimits
 from app.digits import decimal
 from app.grammar import Digest
+from app.locks.base import Lease as LockLease
+from app.locks.base import LockStore, LockTimeout
 from app.services.blobs import BlobService
 from app.storage import NotFound, Storage, UploadWriter, layout, resumable_hash
 from app.storage import locks as lock_names
@@ -49,8 +50,6 @@ class ClientDisconnected(Exception):
     size = 0
 
 
-# How long a request waits for another one rebuilding the same session (it would then be busy anyway).
-REBUILD_WAIT = 10.0
 # How long a request waits for another request of this process to release a session, and how often
 # it looks (the release follows the end of that request's body at once).
 LEASE_WAIT = 5.0
@@ -58,8 +57,10 @@ LEASE_POLL = 0.02
 
 
 def session_lock(upload_id: str) -> str:
-    """The lock held while a session is rebuilt from storage or removed from it as expired."""
-    return f"upload:{upload_id}"
+    """The lock held while a request writes to, completes or cancels a session, and while an expired
+    one is removed: in the lock store, so that no two processes sharing the store write to one
+    session at once."""
+    return lock_names.upload(upload_id)
 
 
 def range_header(size: int) -> str:
@@ -68,7 +69,7 @@ def range_header(size: int) -> str:
 
 
 class UploadService:
-    def __init__(self, storage: Storage, actor: ActorHandle, locks: Locks, blobs: BlobService,
+    def __init__(self, storage: Storage, actor: ActorHandle, locks: LockStore, blobs: BlobService,
                  chunk_size: int) -> None:
         self.storage = storage
         self.actor = actor
@@ -136,25 +137,24 @@ class UploadService:
             if writer.size == lease.size:
                 return lease, writer
             self.actor.tell("forget", upload_id)  # stale: rebuilt below, as after a restart
-        # Rebuilt under the session's lock, which the expiry of sessions known only in storage also
-        # takes (a session is never rebuilt from a folder being removed).
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                await stack.enter_async_context(self.locks.hold(session_lock(upload_id), wait=REBUILD_WAIT))
-            except TimeoutError:
-                raise UploadBusy("another request is rebuilding this upload session") from None
-            lease = await self.actor.call("lease", namespace, upload_id)  # rebuilt while we waited
-            writer = await self._writer(namespace, upload_id)
-            if lease is not None and writer.size == lease.size:
-                return lease, writer
-            if lease is not None:
-                self.actor.tell("forget", upload_id)
-            hasher = await self._rebuilt_hash(namespace, upload_id, writer)
-            started = await self.storage.stat(layout.upload_started_at(namespace, upload_id))
-            started_at = started.modified if started else time.time()
-            result: Lease = await self.actor.call("adopt", namespace, upload_id, writer.size, hasher,
-                                                  started_at)
-            return result, writer
+        # Rebuilt under the session's lock, which the caller holds (the expiry of sessions known only
+        # in storage takes it too: a session is never rebuilt from a folder being removed).
+        writer = await self._writer(namespace, upload_id)
+        hasher = await self._rebuilt_hash(namespace, upload_id, writer)
+        started = await self.storage.stat(layout.upload_started_at(namespace, upload_id))
+        started_at = started.modified if started else time.time()
+        result: Lease = await self.actor.call("adopt", namespace, upload_id, writer.size, hasher,
+                                              started_at)
+        return result, writer
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, upload_id: str) -> AsyncIterator[LockLease]:
+        """The session's lock for one request: across every process that shares the lock store."""
+        try:
+            async with self.locks.hold(session_lock(upload_id), wait=LEASE_WAIT) as held:
+                yield held
+        except LockTimeout:
+            raise UploadBusy() from None
 
     async def _leased(self, namespace: str, upload_id: str) -> Lease | None:
         """The actor's lease; while another request of this process still holds the session, wait
@@ -254,10 +254,17 @@ class UploadService:
 
     async def append(self, namespace: str, upload_id: str, body: AsyncIterator[bytes] | None,
                      content_range: ContentRange | None, content_length: int | None = None) -> int:
+        async with self._exclusive(upload_id) as held, _removed_underneath(upload_id):
+            return await self._append_held(namespace, upload_id, body, content_range, content_length, held)
+
+    async def _append_held(self, namespace: str, upload_id: str, body: AsyncIterator[bytes] | None,
+                           content_range: ContentRange | None, content_length: int | None,
+                           held: LockLease) -> int:
         lease, writer = await self._lease(namespace, upload_id)
         hasher = lease.hasher
         try:
             size = await self._append(lease, writer, hasher, body, content_range, content_length)
+            held.check()  # a lost lock: another process may own the session now; keep no checkpoint
             await writer.close(resumable_hash.checkpoint_of(hasher))
         except errors.RangeInvalid:
             self.actor.tell("release", upload_id, lease.size, lease.hasher)  # nothing was written
@@ -276,6 +283,11 @@ class UploadService:
     async def complete(self, namespace: str, upload_id: str, digest: Digest,
                        body: AsyncIterator[bytes] | None) -> None:
         """Append the final body, verify the digest, commit the blob and link it into the namespace."""
+        async with self._exclusive(upload_id) as held, _removed_underneath(upload_id):
+            await self._complete_held(namespace, upload_id, digest, body, held)
+
+    async def _complete_held(self, namespace: str, upload_id: str, digest: Digest,
+                             body: AsyncIterator[bytes] | None, held: LockLease) -> None:
         lease, writer = await self._lease(namespace, upload_id)
         try:
             whole: bytes | None = None
@@ -287,6 +299,7 @@ class UploadService:
                 if await self._hash(whole, digest.algorithm) != digest.hex:
                     await self._discard(namespace, upload_id, writer)
                     raise self._mismatch(digest)
+                held.check()
                 async with self.locks.hold(lock_names.blob(digest)):
                     if not await self.blobs.exists(digest):
                         await self.storage.put(layout.blob_data(digest), whole)
@@ -294,6 +307,7 @@ class UploadService:
                 await self._discard(namespace, upload_id, writer)
                 return
             await self._append(lease, writer, lease.hasher, body, None, None)
+            held.check()  # never commit what another process may be writing to now
             await self._commit(namespace, upload_id, writer, lease.hasher, digest)
         finally:
             # Completed, discarded, or failed half-way: in every case the next request (if any)
@@ -377,9 +391,21 @@ class UploadService:
     async def cancel(self, namespace: str, upload_id: str) -> None:
         await self._stored_size(namespace, upload_id)  # BLOB_UPLOAD_UNKNOWN when absent
         # Exclusive: cancelling while another request writes to the session answers "busy".
-        await self.actor.call("lease", namespace, upload_id)
-        await self.discard_stored(namespace, upload_id)
-        self.actor.tell("forget", upload_id)
+        async with self._exclusive(upload_id):
+            await self.actor.call("lease", namespace, upload_id)
+            await self.discard_stored(namespace, upload_id)
+            self.actor.tell("forget", upload_id)
+
+
+@contextlib.asynccontextmanager
+async def _removed_underneath(upload_id: str) -> AsyncIterator[None]:
+    """A session whose data vanished while a request wrote to it (removed by a process that does not
+    share this one's locks, e.g. scrub on an S3 store without Redis) is unknown, not a server error."""
+    try:
+        yield
+    except NotFound:
+        raise errors.BlobUploadUnknown(
+            f"upload {upload_id} was removed while this request was writing to it") from None
 
 
 async def _replay(prefix: bytes, rest: AsyncIterator[bytes],
