@@ -537,6 +537,17 @@ def _normalize_aliases(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _lock_store_of_the_blob_store(data: dict[str, Any]) -> None:
+    """`[metadata_store.<fs|s3>.redis]` alone (no other key of that backend) puts the lock store on the
+    blob store's own backend: the metadata store is the blob store, with that Redis."""
+    metadata, blobs = data.get("metadata_store"), data.get("blob_store")
+    if not isinstance(metadata, dict) or not isinstance(blobs, dict) or len(metadata) != 1:
+        return
+    backend, settings = next(iter(metadata.items()))
+    if isinstance(settings, dict) and set(settings) == {"redis"} and isinstance(blobs.get(backend), dict):
+        metadata[backend] = {**{k: v for k, v in blobs[backend].items() if k != "redis"}, **settings}
+
+
 def _merge(base: dict[str, Any], overlay: dict[str, Any], origin: dict[tuple[str, ...], str],
            source: str, path: tuple[str, ...] = ()) -> None:
     """Tables merged key by key; scalars and arrays replaced. Records which file set each key."""
@@ -689,6 +700,7 @@ def load(files: list[Path] | None = None) -> Config:
         _resolve_paths(raw, Path(os.path.abspath(file)).parent)
         _merge(merged, raw, origin, str(file))
     _merge(merged, _normalize_aliases(_environment_overrides()), origin, "environment")
+    _lock_store_of_the_blob_store(merged)
     credentials = _upstream_credentials()
     try:
         config = Config(**merged)

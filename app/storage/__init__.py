@@ -24,8 +24,13 @@ def open_stores(blob_store: StoreConfig, metadata_store: StoreConfig | None) -> 
     """The registry's storage: the blob store, or both stores behind one interface when the metadata
     store is configured apart (app/storage/routed.py)."""
     blobs = open_storage(blob_store)
-    if metadata_store is None or metadata_store == blob_store:
-        return blobs
+    if metadata_store is None or _without_locks(metadata_store) == _without_locks(blob_store):
+        return blobs  # one store (its lock store, `redis`, is not storage)
     from app.storage.routed import RoutedStorage
 
     return RoutedStorage(blobs, open_storage(metadata_store))
+
+
+def _without_locks(store: StoreConfig) -> StoreConfig:
+    return StoreConfig(fs=store.fs.model_copy(update={"redis": None}) if store.fs else None,
+                       s3=store.s3.model_copy(update={"redis": None}) if store.s3 else None)
