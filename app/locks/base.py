@@ -138,8 +138,11 @@ class RenewingLockStore(abc.ABC):
             yield lease
         finally:
             renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            # Waited for briefly, never indefinitely: under uvloop a renewer cancelled right as its
+            # sleep ended was seen to stay pending for good, holding the request that owned it.
+            done, _ = await asyncio.wait({renewer}, timeout=1.0)
+            if not done:
+                log.warning("lock %s: its renewal did not stop within 1 s of the release", name)
             await self._release_quietly(lease)
 
     async def _release_quietly(self, lease: Lease, patient: bool = True) -> None:
