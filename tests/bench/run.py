@@ -286,6 +286,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
     servers: list[Server] = []
     moto = None
+    redis = None
     try:
         ours_s3 = theirs_s3 = None
         if args.storage == "s3":
@@ -294,8 +295,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             moto = MotoServer(workdir / "moto.log").start()
             ours_s3 = S3Bucket(moto.endpoint, moto.create_bucket("bench-ours"))
             theirs_s3 = S3Bucket(moto.endpoint, moto.create_bucket("bench-distribution"))
+        redis_url = None
+        if args.redis:  # one replica with Redis: what coherence and Redis locks cost
+            from tests.helpers.redis_server import RedisServer
+
+            redis = RedisServer(workdir / "redis").start()
+            redis_url = redis.url
         ours: Server = (External("target", args.target) if args.target
-                        else start_ours(workdir, args.binary, ours_s3))
+                        else start_ours(workdir, args.binary, ours_s3, redis_url))
         servers.append(ours)
         theirs: Server = (External("baseline", args.baseline) if args.baseline
                           else start_distribution(workdir, theirs_s3))
@@ -340,7 +347,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.platform()}",
             "servers": [s.name for s in servers],
-            "storage": args.storage,
+            "storage": args.storage + (" + redis" if args.redis else ""),
             "workloads": rows,
             "memory": memory,
         }
@@ -352,6 +359,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             server.stop()
         if moto is not None:
             moto.stop()
+        if redis is not None:
+            redis.stop()
         shutil.rmtree(workdir, ignore_errors=True)  # pushes leave gigabytes behind
 
 
@@ -368,6 +377,8 @@ def main() -> None:
     parser.add_argument("--big-blob", type=int, default=2048, help="MiB of the streamed blob (0: skip)")
     parser.add_argument("--storage", choices=("fs", "s3"), default="fs",
                         help="s3: both registries on buckets of one moto server (the S3 workloads)")
+    parser.add_argument("--redis", action="store_true",
+                        help="ours as a replica: locks and shared index versions in a local redis-server")
     parser.add_argument("--report", default="bench-report", help="report path without extension")
     args = parser.parse_args()
     report = asyncio.run(main_async(args))

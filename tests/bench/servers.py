@@ -110,13 +110,18 @@ class S3Bucket:
     part_size: int = 10 * 1024 * 1024
 
 
-def start_ours(workdir: Path, binary: str | None = None, s3: S3Bucket | None = None) -> Server:
+def start_ours(workdir: Path, binary: str | None = None, s3: S3Bucket | None = None,
+               redis_url: str | None = None) -> Server:
     """Zero-config `registry server` (no config file: the idle RSS the issue measures); the port and
     the data folder come from the environment. With `s3`, a config file with only `[blob_store.s3]`."""
     port = free_port()
     command = [binary] if binary else [sys.executable, "-m", "app"]
     env = {**os.environ, "REGISTRY_LOG": "warning", "REGISTRY__SERVER__PORT": str(port), "HOME": str(workdir)}
     env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    if redis_url is not None:  # a replica: locks and the shared index versions in Redis
+        kind = "fs" if s3 is None else "s3"
+        env[f"REGISTRY__METADATA_STORE__{kind.upper()}__REDIS__URL"] = redis_url
+        env["REGISTRY__CACHE__REDIS__URL"] = redis_url
     if s3 is None:
         env["REGISTRY__BLOB_STORE__FS__ROOT_DIR"] = str(workdir / "ours-data")
     else:
