@@ -1,7 +1,7 @@
 """The cache store: small values with a time to live, shared by upstream tokens, key sets and decisions.
 
-In memory for one process now; `[cache.redis]` plugs a shared store in later through the same
-interface, so every caller stays unchanged. Keys are opaque strings built by the caller; values are
+In memory for one process, or in Redis with `[cache.redis]` (app/cache_redis.py) so that replicas
+share it, through the same interface. Keys are opaque strings built by the caller; values are
 bytes (callers encode). Nothing here is authoritative: a miss is always allowed.
 """
 
@@ -62,5 +62,10 @@ class MemoryCache(CacheStore):
 
 
 def open_cache(config: CacheConfig) -> CacheStore:
-    # `[cache.redis]` selects the shared store once it is built; until then every process keeps its own.
-    return MemoryCache()
+    """`[cache.redis]`: shared by every replica (app/cache_redis.py); otherwise this process's own."""
+    if config.redis is None:
+        return MemoryCache()
+    from app.cache_redis import RedisCache
+    from app.redis_client import redis_client
+
+    return RedisCache(redis_client(config.redis.url), config.redis.key_prefix)

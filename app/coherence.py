@@ -180,22 +180,6 @@ def _unavailable(exc: BaseException) -> SharedStateUnavailable:
     return SharedStateUnavailable(f"redis is unreachable: {type(exc).__name__}: {exc}")
 
 
-def redis_client(url: str) -> Any:
-    """An asyncio Redis client (connections made on first use, remade after a failure) whose calls
-    fail within seconds when Redis is away, rather than hang the requests waiting on it."""
-    import redis.asyncio
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    # One retry on a fresh connection: a pooled connection to a Redis that restarted is dead, and the
-    # first command on it fails although Redis is back.
-    return redis.asyncio.Redis.from_url(
-        url, socket_timeout=2.0, socket_connect_timeout=2.0, health_check_interval=15,
-        retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError, RedisTimeoutError])
-
-
 def shared_redis(config: Config) -> tuple[str, str] | None:
     """The Redis replicas share their state through, as (url, key prefix): `[cache.redis]`, else the
     metadata store's lock store (`[metadata_store.<fs|s3>.redis]`, or the blob store's)."""
@@ -215,4 +199,6 @@ def open_coherence(config: Config, index: ActorHandle) -> Coherence:
     if shared is None:
         return Coherence()
     url, key_prefix = shared
+    from app.redis_client import redis_client
+
     return RedisCoherence(redis_client(url), key_prefix, index, config.global_.index_max_namespaces)
