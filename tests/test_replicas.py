@@ -257,3 +257,22 @@ def test_twenty_clients_through_three_replicas_survive_a_kill_and_a_redis_outage
             assert manifest.status_code == 200 and manifest.content == image.manifest, (server.url, tag)
             for digest, data in image.blobs.items():
                 assert server.get(f"/v2/{name}/blobs/{digest}").content == data, (server.url, digest)
+
+
+def test_skopeo_pushes_through_one_replica_and_pulls_through_another(
+        replicas: list[RegistryProcess], tmp_path: Path) -> None:
+    from tests.helpers.interop import assert_oci_layout_has_image, copy
+    from tests.helpers.oci import write_oci_layout
+
+    a, b, c = replicas
+    first = make_image(layers=[random_layer(300_000), random_layer(200_000)])
+    write_oci_layout(tmp_path / "src", {"v1": first})
+    copy(f"oci:{tmp_path / 'src'}:v1", f"docker://{a.host}/skopeo/app:v1")
+    copy(f"docker://{b.host}/skopeo/app:v1", f"oci:{tmp_path / 'out'}:v1")
+    assert_oci_layout_has_image(tmp_path / "out", "v1", first)
+    # The tag moved through C (B had it cached): B pulls the new image.
+    second = make_image(layers=[random_layer(100_000)])
+    write_oci_layout(tmp_path / "src2", {"v1": second})
+    copy(f"oci:{tmp_path / 'src2'}:v1", f"docker://{c.host}/skopeo/app:v1")
+    copy(f"docker://{b.host}/skopeo/app:v1", f"oci:{tmp_path / 'out2'}:v1")
+    assert_oci_layout_has_image(tmp_path / "out2", "v1", second)
