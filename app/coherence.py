@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("registry")
 
 CATALOG = "\x00catalog"  # a name no namespace can have
+BATCH_TURNS = 4  # loop turns a version read waits at most for more readers to join it
 
 
 class SharedStateUnavailable(StorageError):
@@ -85,6 +86,14 @@ class VersionReader:
 
     async def _drain(self) -> None:
         while self._waiting:
+            # A few loop turns first, while they bring new readers: requests whose handlers run in
+            # these turns (sockets that were readable together) join this read rather than the next.
+            # Each of them asked before the read is sent, so the guarantee above holds.
+            for _ in range(BATCH_TURNS):
+                waiting = sum(len(futures) for futures in self._waiting.values())
+                await asyncio.sleep(0)
+                if sum(len(futures) for futures in self._waiting.values()) == waiting:
+                    break
             batch, self._waiting = self._waiting, {}
             keys = list(batch)
             try:
