@@ -276,3 +276,38 @@ def test_skopeo_pushes_through_one_replica_and_pulls_through_another(
     copy(f"oci:{tmp_path / 'src2'}:v1", f"docker://{c.host}/skopeo/app:v1")
     copy(f"docker://{b.host}/skopeo/app:v1", f"oci:{tmp_path / 'out2'}:v1")
     assert_oci_layout_has_image(tmp_path / "out2", "v1", second)
+
+
+def test_immutable_tags_hold_across_replicas(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Two replicas race to push different manifests to one immutable tag: the tag lock is in Redis, so
+    exactly one wins and the other gets 409, and both replicas then answer the winner."""
+    section = (f"[blob_store.fs]\nroot_dir = {toml_value(tmp_path / 'shared')}\n"
+               f"[metadata_store.fs.redis]\nurl = {toml_value(redis_server.url)}\n"
+               f"[cache.redis]\nurl = {toml_value(redis_server.url)}\n[global]\nimmutable_tags = true\n")
+    servers = []
+    for name in ("a", "b"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        servers.append(RegistryProcess(workdir, section).start())
+    try:
+        images = [make_image(), make_image()]
+        for server, image in zip(servers, images, strict=True):  # blobs first, by digest
+            assert push_image(server.session, server.url, "team/app", image).status_code == 201
+        results: list[int] = []
+
+        def put(server: RegistryProcess, image: Image) -> None:
+            results.append(server.session.put(f"{server.url}/v2/team/app/manifests/1.0", data=image.manifest,
+                                              headers={"Content-Type": image.media_type},
+                                              timeout=60).status_code)
+
+        threads = [threading.Thread(target=put, args=pair) for pair in zip(servers, images, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(results) == [201, 409], results
+        answers = {_digest(server, "team/app", "1.0") for server in servers}
+        assert len(answers) == 1 and answers <= {image.digest for image in images}, answers
+    finally:
+        for server in servers:
+            server.kill()
