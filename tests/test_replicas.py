@@ -311,3 +311,56 @@ def test_immutable_tags_hold_across_replicas(tmp_path: Path, redis_server: Redis
     finally:
         for server in servers:
             server.kill()
+
+
+@pytest.mark.parametrize("store", ["fs", "s3"])
+def test_cold_pulls_of_one_blob_through_three_replicas_make_one_upstream_get(
+        store: str, request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer) -> None:
+    """20 clients pull one uncached blob, spread over three pull-through replicas at once: one replica
+    fetches it (under the digest's fetch lock in Redis), the others serve it from the store once it is
+    committed. Exactly one upstream GET, every client gets the right bytes."""
+    from tests.helpers.distribution import DistributionProcess
+    from tests.helpers.upstreams import Proxy, pull_through_config, upload_blob
+
+    upstream = DistributionProcess(tmp_path / "upstream", tmp_path / "upstream-data").start()
+    proxy = Proxy(upstream.url, throttle=8 * 1024 * 1024)  # ~1 s for the blob: the pulls overlap
+    proxy.start()
+    servers: list[RegistryProcess] = []
+    try:
+        blob = random_layer(8 * 1024 * 1024)
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        upload_blob(requests.Session(), upstream.url, "team/app", blob)
+        if store == "fs":
+            section = f"[blob_store.fs]\nroot_dir = {toml_value(tmp_path / 'shared')}\n"
+        else:
+            moto: MotoServer = request.getfixturevalue("moto_server")
+            section = s3_section(new_s3_store(moto.endpoint))
+        section += (f"[metadata_store.{store}.redis]\nurl = {toml_value(redis_server.url)}\n"
+                    f"[cache.redis]\nurl = {toml_value(redis_server.url)}\n")
+        config = pull_through_config([{"url": proxy.url}]) + section
+        for name in ("a", "b", "c"):
+            workdir = tmp_path / name
+            workdir.mkdir()
+            servers.append(RegistryProcess(workdir, config).start())
+        barrier = threading.Barrier(20)
+        answers: list[tuple[int, bytes]] = []
+
+        def pull(number: int) -> None:
+            server = servers[number % 3]
+            barrier.wait(30)
+            response = requests.get(f"{server.url}/v2/cache/team/app/blobs/{digest}", timeout=120)
+            answers.append((response.status_code, response.content))
+
+        threads = [threading.Thread(target=pull, args=(n,)) for n in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(150)
+        assert len(answers) == 20 and all(status == 200 and body == blob for status, body in answers), \
+            [status for status, _ in answers]
+        assert proxy.get_count(f"/v2/team/app/blobs/{digest}") == 1, proxy.counts
+    finally:
+        for server in servers:
+            server.kill()
+        proxy.stop()
+        upstream.stop()

@@ -42,6 +42,9 @@ def _fetch_id(flight_id: str) -> str:
     return f"fetch-{flight_id}"
 
 
+# How long a replica waits for another one's fetch of the same blob before fetching it itself.
+FETCH_WAIT = 3600.0
+
 class PullThroughBlobs:
     """The blob service of one pull-through repository (same methods the handlers use on BlobService)."""
 
@@ -193,7 +196,15 @@ class PullThroughBlobs:
             reader.leave()
 
     async def _lead(self, leader: Leader, namespace: str, digest: Digest) -> None:
-        """The one upstream GET of a flight: spool, hash, verify, commit; runs detached from any client."""
+        """The one upstream GET of a flight: spool, hash, verify, commit; runs detached from any client.
+
+        This process's flight has one leader (the FetchCoordinator); across replicas sharing the lock
+        store, the digest's fetch lock makes one of them fetch while the others wait, then find the blob
+        committed and serve it from the store (a replica that dies mid-fetch loses the lock by ttl)."""
+        async with self.locks.hold(lock_names.fetch(digest), wait=FETCH_WAIT):
+            await self._lead_held(leader, namespace, digest)
+
+    async def _lead_held(self, leader: Leader, namespace: str, digest: Digest) -> None:
         blob_key = layout.blob_data(digest)
         stored = await self.storage.stat(blob_key)
         if stored is not None:  # committed meanwhile (another flight, a push elsewhere)

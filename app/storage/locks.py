@@ -14,6 +14,12 @@ def blob(digest: Digest) -> str:
     return f"blob:{digest}"
 
 
+def fetch(digest: Digest) -> str:
+    """Fetching a blob from upstream (pull-through): held by the one process, of every replica sharing
+    the lock store, that makes the upstream GET of this digest."""
+    return f"fetch:{digest}"
+
+
 def manifest(namespace: str, digest: Digest) -> str:
     """A manifest revision of a namespace: committing it (and the tags a PUT names) or deleting it."""
     return f"manifest:{namespace}:{digest}"
