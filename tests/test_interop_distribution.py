@@ -152,6 +152,23 @@ def push_referrer(url: str, subject: Image) -> Image:
     return artifact
 
 
+def assert_distribution_serves(distribution: DistributionProcess, tmp_path: Path, imgs: dict[str, Image],
+                               index: bytes, doomed: Image, artifact: Image) -> None:
+    """What we wrote, through a started distribution (stopped here): the fixture set byte for byte,
+    the deletes, the referrer, and no error in its log but the expected manifest-unknown ones."""
+    try:
+        pull_and_compare(distribution.host, tmp_path / "pull", imgs, index)
+        check_over_http(distribution.url, imgs, index, ordered=False)
+        assert_deleted(distribution.url, doomed)
+        with requests.Session() as session:
+            assert_registry_has_image(session, distribution.url, "interop/app", artifact.digest, artifact)
+    finally:
+        distribution.stop()
+    unexpected = [line for line in distribution.logs().splitlines()
+                  if "level=error" in line and 'err.code="manifest unknown"' not in line]
+    assert not unexpected, unexpected
+
+
 def test_distribution_serves_our_data_folder(tmp_path: Path) -> None:
     workdir = tmp_path / "ours-work"
     workdir.mkdir()
@@ -166,17 +183,7 @@ def test_distribution_serves_our_data_folder(tmp_path: Path) -> None:
         assert ours.stop() == 0, ours.logs()
 
     distribution = DistributionProcess(tmp_path / "distribution", ours.root).start()
-    try:
-        pull_and_compare(distribution.host, tmp_path / "pull", imgs, index)
-        check_over_http(distribution.url, imgs, index, ordered=False)
-        assert_deleted(distribution.url, doomed)
-        with requests.Session() as session:
-            assert_registry_has_image(session, distribution.url, "interop/app", artifact.digest, artifact)
-    finally:
-        distribution.stop()
-    unexpected = [line for line in distribution.logs().splitlines()
-                  if "level=error" in line and 'err.code="manifest unknown"' not in line]
-    assert not unexpected, unexpected
+    assert_distribution_serves(distribution, tmp_path, imgs, index, doomed, artifact)
 
 
 def test_we_serve_distribution_data_folder(tmp_path: Path) -> None:

@@ -435,11 +435,10 @@ async def test_lock_files_live_beside_the_layout_and_do_not_pile_up(tmp_path: Pa
         assert os.listdir(tmp_path / "data" / "locks") == []
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="lock files are not unlinked on Windows")
 async def test_a_lock_won_on_an_unlinked_lock_file_does_not_count(tmp_path: Path) -> None:
     """Another process opened the lock file while we held it; we unlink it on release, so its lock
     on the old file must not count, or it and a newcomer on the new file would both hold the lock."""
-    if sys.platform == "win32":
-        pytest.skip("lock files are not unlinked on Windows")
     import fcntl
 
     from app.locks.files import _lock_path, _still_linked

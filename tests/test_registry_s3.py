@@ -29,6 +29,7 @@ from tests.helpers.server import RegistryProcess
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.test_interop_distribution import (
     assert_deleted,
+    assert_distribution_serves,
     check_over_http,
     pull_and_compare,
     push_and_delete,
@@ -102,17 +103,7 @@ def test_distribution_serves_what_we_wrote_to_the_bucket(start_registry: Callabl
     ours.stop()
 
     distribution = distribution_on(bucket, tmp_path / "distribution").start()
-    try:
-        pull_and_compare(distribution.host, tmp_path / "pull", imgs, index)
-        check_over_http(distribution.url, imgs, index, ordered=False)
-        assert_deleted(distribution.url, doomed)
-        with requests.Session() as session:
-            assert_registry_has_image(session, distribution.url, "interop/app", artifact.digest, artifact)
-    finally:
-        distribution.stop()
-    unexpected = [line for line in distribution.logs().splitlines()
-                  if "level=error" in line and 'err.code="manifest unknown"' not in line]
-    assert not unexpected, unexpected
+    assert_distribution_serves(distribution, tmp_path, imgs, index, doomed, artifact)
 
 
 def test_we_serve_what_distribution_wrote_to_the_bucket(start_registry: Callable[..., RegistryProcess],

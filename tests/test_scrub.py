@@ -84,20 +84,21 @@ def scrub_json(server: RegistryProcess, *args: str, grace: float | None = None) 
     return result.returncode, report
 
 
-def found(report: dict[str, Any]) -> dict[str, int]:
+def _totals(report: dict[str, Any], column: str) -> dict[str, int]:
+    """Counts per finding kind over every check, of the report's `found` or `repaired` column."""
     totals: dict[str, int] = {}
     for check in report["checks"]:
-        for kind, count in check["found"].items():
+        for kind, count in check[column].items():
             totals[kind] = totals.get(kind, 0) + count
     return totals
+
+
+def found(report: dict[str, Any]) -> dict[str, int]:
+    return _totals(report, "found")
 
 
 def repaired(report: dict[str, Any]) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for check in report["checks"]:
-        for kind, count in check["repaired"].items():
-            totals[kind] = totals.get(kind, 0) + count
-    return totals
+    return _totals(report, "repaired")
 
 
 def findings(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:

@@ -50,10 +50,10 @@ class ClientDisconnected(Exception):
     size = 0
 
 
-# How long a request waits for another request of this process to release a session, and how often
-# it looks (the release follows the end of that request's body at once).
+# How long a request waits for another request (of any process sharing the lock store) to release a
+# session: a client that resumes right after a disconnect sees the stored size before the request it
+# abandoned has finished, and must not get a 409 for it.
 LEASE_WAIT = 5.0
-LEASE_POLL = 0.02
 
 
 def session_lock(upload_id: str) -> str:
@@ -127,7 +127,9 @@ class UploadService:
         """Exclusive use of the session, and its writer. Storage is the truth: when the size this
         process remembers is not the stored one (another replica appended meanwhile), or it remembers
         nothing (a restart), the running hash comes from the stored checkpoint, else from the bytes."""
-        lease: Lease | None = await self._leased(namespace, upload_id)
+        # The caller holds the session's lock, so no other request of this process leases it now (the
+        # previous holder's release was told to the actor before that lock was given up).
+        lease: Lease | None = await self.actor.call("lease", namespace, upload_id)
         if lease is not None:
             try:
                 writer = await self._writer(namespace, upload_id)
@@ -155,19 +157,6 @@ class UploadService:
                 yield held
         except LockTimeout:
             raise UploadBusy() from None
-
-    async def _leased(self, namespace: str, upload_id: str) -> Lease | None:
-        """The actor's lease; while another request of this process still holds the session, wait
-        for it a moment (LEASE_WAIT): a client that resumes right after a disconnect sees the stored
-        size before the request it abandoned has finished releasing, and must not get a 409 for it."""
-        deadline = time.monotonic() + LEASE_WAIT
-        while True:
-            try:
-                return await self.actor.call("lease", namespace, upload_id)
-            except UploadBusy:
-                if time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(LEASE_POLL)
 
     async def _rebuilt_hash(self, namespace: str, upload_id: str, writer: UploadWriter) -> Any:
         if writer.checkpoint is not None:
