@@ -33,10 +33,6 @@ class ServerControl:
             with contextlib.suppress(RuntimeError):  # the loop already closed: it has stopped anyway
                 loop.call_soon_threadsafe(stop.set)
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._requested
-
     def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
         """Called by serve() on its loop: the event that a stop request sets (already set if one came)."""
         stop = asyncio.Event()

@@ -301,9 +301,3 @@ class ManifestIndexActor(AsyncActor):
         listing that began before now is not installed."""
         self._catalog = None
         self._catalog_invalidated = self._clock = self._clock + 1
-
-    def forget_namespace(self, namespace: str) -> None:
-        """Drop everything cached about a namespace (it will be read again from storage)."""
-        dropped = self._namespaces.pop(namespace, None)
-        if dropped is not None:
-            self._dropped_through = max(self._dropped_through, dropped.generation)
