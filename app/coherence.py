@@ -15,9 +15,11 @@ drops what the index held. A fill (what a request read from storage) that was in
 the namespace was invalidated carries an older generation and is refused by the index
 (`ManifestIndexActor.invalidate`).
 
-Cost: one Redis round trip per manifest, tag or referrers request. Requests that arrive while a read
-is in flight share the next one (one MGET for all of them), never the one already on its way. Blob
-data and manifest bodies are content-addressed and are never invalidated.
+Cost: one Redis round trip per manifest, tag or referrers request. The reads asked for in one loop
+turn share one MGET, written at the end of that turn on a pipelined connection of their own
+(app/redis_raw.py): several MGETs may be in flight at once, and a read never joins one that was sent
+before it was asked for. Blob data and manifest bodies are content-addressed and are never
+invalidated.
 
 Without Redis (`[cache.redis]`, or the metadata store's `redis` section) nothing is shared and every
 call here does nothing: one process is coherent by itself.
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("registry")
 
 CATALOG = "\x00catalog"  # a name no namespace can have
+_UNSEEN = object()  # the version of a namespace this replica has not seen
 BATCH_TURNS = 4  # loop turns a version read waits at most for more readers to join it
 
 
@@ -69,8 +72,9 @@ class Coherence:
 
 
 class VersionReader:
-    """Reads of version keys, batched: a read joins the next MGET that starts after it was asked for,
-    never one already in flight (whose answer may predate the caller's request)."""
+    """Reads of version keys through redis-py, for the URLs app/redis_raw.py does not speak (unix
+    sockets): a read joins the next MGET that starts after it was asked for, never one already in
+    flight (whose answer may predate the caller's request)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -115,11 +119,18 @@ class VersionReader:
 class RedisCoherence(Coherence):
     shared = True
 
-    def __init__(self, client: Any, key_prefix: str, index: ActorHandle, max_namespaces: int) -> None:
+    def __init__(self, client: Any, key_prefix: str, index: ActorHandle, max_namespaces: int,
+                 url: str | None = None) -> None:
         self._client = client
         self._prefix = f"{key_prefix}registry:version:"
         self._index = index
-        self._reader = VersionReader(client)
+        from app import redis_raw
+
+        # The versions are read on every request: through a pipelined connection of our own when the
+        # URL allows it, else through redis-py. Writes (rare) always go through redis-py.
+        self._reader: VersionReader | redis_raw.PipelinedReader = (
+            redis_raw.PipelinedReader(url, failure=_unavailable)
+            if url is not None and redis_raw.supports(url) else VersionReader(client))
         # The version of each namespace this replica's index was last made to agree with.
         self._seen: OrderedDict[str, str | None] = OrderedDict()
         self._max_seen = max(max_namespaces, 1) * 2
@@ -135,21 +146,22 @@ class RedisCoherence(Coherence):
             self._seen.popitem(last=False)
 
     async def observe(self, namespace: str) -> None:
-        await self._observe(namespace, "invalidate")
+        # On every manifest and tag request: one read, one dictionary look-up when nothing moved.
+        version = await self._reader.read(self._prefix + namespace)
+        seen = self._seen
+        if seen.get(namespace, _UNSEEN) == version:
+            seen.move_to_end(namespace)
+            return
+        self._index.tell("invalidate", namespace)
+        self._remember(namespace, version)
 
     async def observe_catalog(self) -> None:
-        await self._observe(CATALOG, "invalidate_catalog")
-
-    async def _observe(self, name: str, invalidate: str) -> None:
-        version = await self._reader.read(self._key(name))
-        if name in self._seen and self._seen[name] == version:
-            self._seen.move_to_end(name)
+        version = await self._reader.read(self._key(CATALOG))
+        if self._seen.get(CATALOG, _UNSEEN) == version:
+            self._seen.move_to_end(CATALOG)
             return
-        if name == CATALOG:
-            self._index.tell(invalidate)
-        else:
-            self._index.tell(invalidate, name)
-        self._remember(name, version)
+        self._index.tell("invalidate_catalog")
+        self._remember(CATALOG, version)
 
     async def changed(self, namespace: str, *, new_namespace: bool = False) -> None:
         names = [namespace, CATALOG] if new_namespace else [namespace]
@@ -179,6 +191,8 @@ class RedisCoherence(Coherence):
         return None
 
     async def close(self) -> None:
+        if not isinstance(self._reader, VersionReader):
+            await self._reader.close()
         await self._client.aclose()
 
 
@@ -210,4 +224,4 @@ def open_coherence(config: Config, index: ActorHandle) -> Coherence:
     url, key_prefix = shared
     from app.redis_client import redis_client
 
-    return RedisCoherence(redis_client(url), key_prefix, index, config.global_.index_max_namespaces)
+    return RedisCoherence(redis_client(url), key_prefix, index, config.global_.index_max_namespaces, url)
