@@ -193,6 +193,12 @@ class Storage(abc.ABC):
         many went. Left behind by a killed process; the age spares the writes another process sharing
         the store is making right now."""
 
+    async def remove_empty_folders(self, prefix: str, *, below: bool = True) -> None:  # noqa: B027
+        """Remove the folder `prefix` if it holds nothing, with `below` first every empty folder below
+        it (deepest first). Deletes leave empty folders behind on a filesystem (a repository deleted
+        whole, app/services/repository_delete.py); a folder a concurrent write fills is kept, and a
+        write never fails for one removed under it. An object store has no folders: nothing to do."""
+
     async def exists(self, key: str) -> bool:
         return await self.stat(key) is not None
 

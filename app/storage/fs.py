@@ -257,6 +257,18 @@ class FsStorage(Storage):
     async def delete_tree(self, prefix: str) -> None:
         await self._run(shutil.rmtree, self._path(prefix), True)
 
+    def _remove_empty_folders(self, prefix: str, below: bool) -> None:
+        top = self._path(prefix)
+        # rmdir removes only an empty folder, atomically: a file placed meanwhile keeps its folder, and
+        # a write whose folder went just before retries (_in_folder).
+        folders = [path for path, _, _ in os.walk(top, topdown=False)] if below else [top]
+        for folder in folders:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+    async def remove_empty_folders(self, prefix: str, *, below: bool = True) -> None:
+        await self._run(self._remove_empty_folders, prefix, below)
+
     def _copy(self, source: str, destination: str) -> None:
         tmp = self.temporary_name()
         try:

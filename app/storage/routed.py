@@ -74,6 +74,10 @@ class RoutedStorage(Storage):
         await self.metadata.delete_tree(prefix)
         await self.blobs.delete_tree(prefix)
 
+    async def remove_empty_folders(self, prefix: str, *, below: bool = True) -> None:
+        await self.metadata.remove_empty_folders(prefix, below=below)
+        await self.blobs.remove_empty_folders(prefix, below=below)
+
     async def copy(self, source: str, destination: str) -> None:
         if self._for(source) is self._for(destination):
             await self._for(source).copy(source, destination)
