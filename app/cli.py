@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     from app.commands import scrub
 
     scrub.add_arguments(commands)
+    from app.commands import delete_repository
+
+    delete_repository.add_arguments(commands)
     from app.commands import service
 
     service.add_arguments(commands)
@@ -75,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             from app.commands import scrub
 
             return scrub.run(config, args)
+        if args.command == "delete-repository":
+            from app.commands import delete_repository
+
+            return delete_repository.run(config, args)
         if getattr(args, "admin", False):
             from app.commands import admin
 

@@ -28,7 +28,7 @@ POLICY_ACTIONS: dict[str, tuple[str, ...]] = {
     "pull": ("get-manifest", "get-blob", "list-tags", "get-referrers", "get-upload"),
     "push": ("put-manifest", "start-upload", "update-upload", "complete-upload", "cancel-upload",
              "mount-blob"),
-    "delete": ("delete-manifest", "delete-blob"),
+    "delete": ("delete-manifest", "delete-blob", "delete-repository"),
 }
 # What each registry action needs from a token, on the request's namespace.
 REQUIRED: dict[str, str] = {action: token_action for token_action, actions in POLICY_ACTIONS.items()

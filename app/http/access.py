@@ -33,7 +33,7 @@ _UNAUTHENTICATED_KINDS = frozenset({"health", "ready", "token"})
 # A refusal (401, 403, 429) is the policy's answer, recorded on the span, not a failure of it.
 _REFUSALS = (errors.RegistryError,)
 _REGISTRY_KINDS = frozenset({"base", "catalog", "tags", "manifest", "blob", "upload_start", "upload",
-                             "referrers"})
+                             "referrers", "repository"})
 
 
 def access_request(request: web.Request, route: Route) -> AccessRequest:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from app.context import Registry
-from app.http import base, blobs, catalog, health, manifests, referrers, tags, uploads
+from app.http import base, blobs, catalog, health, manifests, referrers, repository, tags, uploads
 from app.http.middlewares import (
     REGISTRY_KEY,
     ROUTE_KEY,
@@ -38,6 +38,7 @@ HANDLERS: dict[tuple[str, str], RouteHandler] = {
     ("upload", "PUT"): uploads.complete_upload,
     ("upload", "DELETE"): uploads.cancel_upload,
     ("referrers", "GET"): referrers.list_referrers,
+    ("repository", "DELETE"): repository.delete_repository,
     ("health", "GET"): health.healthz,
     ("ready", "GET"): health.readyz,
     ("metrics", "GET"): health.metrics,

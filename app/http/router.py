@@ -20,6 +20,9 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("manifest", re.compile(r"/v2/(?P<name>.+)/manifests/(?P<reference>[^/]+)")),
     ("tags", re.compile(r"/v2/(?P<name>.+)/tags/list")),
     ("referrers", re.compile(r"/v2/(?P<name>.+)/referrers/(?P<digest>[^/]+)")),
+    # Ours, in the OCI extensions' style (`/v2/<name>/_<namespace>/...`): no name component can start
+    # with `_`, so no OCI route and no repository name can collide with it (docs/repositories.md).
+    ("repository", re.compile(r"/v2/(?P<name>.+)/_registry/repository")),
 ]
 _UUID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -38,6 +41,7 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("upload", "PUT"): "complete-upload",
     ("upload", "DELETE"): "cancel-upload",
     ("referrers", "GET"): "get-referrers",
+    ("repository", "DELETE"): "delete-repository",
     ("health", "GET"): "healthz",
     ("ready", "GET"): "healthz",
     ("metrics", "GET"): "metrics",

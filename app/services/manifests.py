@@ -262,7 +262,10 @@ class ManifestService:
         return page(sorted(tags), n, last)
 
     async def namespace_exists(self, namespace: str) -> bool:
-        return bool(await self.storage.list_dir(layout.repository(namespace)))
+        # Its own `_manifests`, `_layers` or `_uploads`: a folder holding only nested repositories
+        # (`a` of `a/b`, or `a/b` deleted beside `a/b/c`) is not one.
+        children = await self.storage.list_dir(layout.repository(namespace))
+        return any(child.startswith("_") for child in children)
 
     async def referrers(self, namespace: str, subject: Digest,
                         artifact_type: str | None) -> list[dict[str, Any]]:
