@@ -10,11 +10,15 @@ from __future__ import annotations
 import abc
 import time
 from collections import OrderedDict
+from typing import Any
 
 from app.config import CacheConfig
 
 
 class CacheStore(abc.ABC):
+    def redis(self) -> tuple[Any, str] | None:
+        """The Redis client and key prefix of a store the replicas share, None for one process's."""
+        return None
     @abc.abstractmethod
     async def get(self, key: str) -> bytes | None:
         """The value, or None when absent or expired."""
@@ -61,11 +65,29 @@ class MemoryCache(CacheStore):
         self._entries.pop(key, None)
 
 
+_shared: CacheStore | None = None
+
+
+def shared_cache() -> CacheStore | None:
+    """The store the replicas share (`[cache.redis]`) while the registry has it open, else None. What
+    one process would keep to itself (JWKS, webhook decisions, login lockouts) goes there instead."""
+    return _shared
+
+
 def open_cache(config: CacheConfig) -> CacheStore:
     """`[cache.redis]`: shared by every replica (app/cache_redis.py); otherwise this process's own."""
+    global _shared
     if config.redis is None:
+        _shared = None
         return MemoryCache()
     from app.cache_redis import RedisCache
     from app.redis_client import redis_client
 
-    return RedisCache(redis_client(config.redis.url), config.redis.key_prefix)
+    store = _shared = RedisCache(redis_client(config.redis.url), config.redis.key_prefix)
+    return store
+
+
+def stop_sharing(store: CacheStore) -> None:
+    global _shared
+    if _shared is store:
+        _shared = None

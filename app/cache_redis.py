@@ -19,8 +19,12 @@ log = logging.getLogger("registry")
 class RedisCache(CacheStore):
     def __init__(self, client: Any, key_prefix: str = "") -> None:
         self._client = client
+        self._key_prefix = key_prefix
         self._prefix = f"{key_prefix}registry:cache:"
         self._failing = False
+
+    def redis(self) -> tuple[Any, str]:
+        return self._client, self._key_prefix
 
     def _key(self, key: str) -> str:
         return self._prefix + key
@@ -66,4 +70,7 @@ class RedisCache(CacheStore):
         self._worked()
 
     async def close(self) -> None:
+        from app.cache import stop_sharing
+
+        stop_sharing(self)
         await self._client.aclose()

@@ -124,21 +124,21 @@ class BasicVerifier:
         entry = self._by_username.get(username)
         lane = username if entry is not None else UNKNOWN_USERS
         client = address or "unknown"
-        lockouts().check(client, lane)
-        suspect = lockouts().suspect(client)
+        counts = lockouts()  # shared by the replicas with [cache.redis]: 503 when it is unreachable
+        suspect = await counts.admit(client, lane)
         if entry is None:
             if self._decoy is not None:
                 await verification_pool().run(lane, client, verify_unknown_user, self._decoy, password,
                                               suspect=suspect)
             self._failures.put(key, True)
-            lockouts().failed(client, lane)
+            await counts.record_failure(client, lane)
             return None
         if not await verification_pool().run(lane, client, verify_password, entry[1], password,
                                              suspect=suspect):
             self._failures.put(key, True)
-            lockouts().failed(client, lane)
+            await counts.record_failure(client, lane)
             return None
-        lockouts().succeeded(client, lane)
+        await counts.record_success(client, lane)
         identity = entry[0]
         self._successes.put(key, identity)
         return identity
