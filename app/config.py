@@ -75,10 +75,15 @@ class RetentionPolicy(Section):
 
 
 class GCConfig(Section):
+    """Online garbage collection in the server (docs/gc.md)."""
+
     enabled: bool = True
-    interval: Duration = 3600.0
-    grace_period: Duration = 3600.0
+    interval: Duration = Field(3600.0, gt=0)
+    # Blobs (and untagged manifests) written or linked more recently than this are never collected.
+    grace_period: Duration = Field(3600.0, ge=0)
     delete_untagged: bool = False
+    # Mark and report what would be deleted (the log line, /metrics), delete nothing.
+    dry_run: bool = False
 
 
 class LimitsConfig(Section):

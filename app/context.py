@@ -23,6 +23,7 @@ from app.services.uploads import UploadService
 from app.storage import Storage, open_stores
 
 if TYPE_CHECKING:  # imported at run time only once a repository has upstreams (see _pull_through_for)
+    from app.services.garbage import GarbageCollector
     from app.services.pull_blobs import PullThroughBlobs
     from app.services.pull_manifests import PullThroughManifests
     from app.services.pull_through import PullThrough, ReadOnlyUploads
@@ -45,6 +46,8 @@ class Registry:
     # Built with the first configuration that has upstreams (at start or by a hot reload), then kept:
     # a registry that never mirrors anything never imports the pull-through code or its upstream client.
     pull_through: PullThrough | None = field(init=False, default=None)
+    # The garbage collector, once the server's housekeeping started it (app/services/garbage.py).
+    garbage: GarbageCollector | None = field(init=False, default=None)
 
     # The services for one namespace: the pull-through implementations when its repository has
     # upstreams (read at request time: a hot reload may add or remove them), the local ones otherwise.
@@ -148,7 +151,7 @@ def build_registry(config: Config) -> Registry:
     authenticator = Authenticator(config, storage)
     actors = start_actors(config.global_.index_max_namespaces)
     locks = open_lock_store(config.blob_store, config.metadata_store, actor=actors.lock_actor)
-    blobs = BlobService(storage)
+    blobs = BlobService(storage, locks)
     uploads = UploadService(storage, actors.uploads, locks, blobs, config.server.streaming_chunk_size)
     uploads.configure(UploadLimits.of(config.global_))
     manifests = ManifestService(storage, actors.index, locks, blobs, config.global_.max_manifest_size,

@@ -3,7 +3,8 @@
 At start, temporary files of atomic writes older than `TEMPORARY_FILE_MARGIN` are removed (a process
 killed between writing one and renaming it into place leaves it there). The margin spares the writes
 of another process sharing the store: an atomic write of a small object takes far less than that.
-Then upload sessions untouched for `upload_timeout` are expired on a timer (app/services/upload_expiry.py).
+Then upload sessions untouched for `upload_timeout` are expired on a timer (app/services/upload_expiry.py),
+and garbage is collected on `[global.gc].interval` (app/services/garbage.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 
 from app.context import Registry
+from app.services.garbage import GarbageCollector
 from app.services.upload_expiry import UploadExpiry
 from app.storage import Storage, StorageError
 
@@ -25,6 +27,9 @@ async def start(registry: Registry) -> None:
     expiry = UploadExpiry(registry.uploads)
     registry.actors.start_sweeper("upload expiry", expiry.sweep, asyncio.get_running_loop(),
                                   expiry.first_delay())
+    collector = registry.garbage = GarbageCollector(registry)
+    registry.actors.start_sweeper("garbage collection", collector.run, asyncio.get_running_loop(),
+                                  collector.first_delay())
 
 
 async def purge_temporary(storage: Storage) -> None:

@@ -59,6 +59,8 @@ class Counter:
             load()
             counter = self._counter
             assert counter is not None
+        if not self.labelnames:  # a counter without labels is its own only child
+            return counter
         return counter.labels(*values)
 
 

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -176,3 +176,23 @@ class RenewingLockStore(abc.ABC):
                 return
             lease.valid_until = started + ttl
             next_at = started + interval
+
+
+@contextlib.asynccontextmanager
+async def hold_all(store: LockStore, names: Iterable[str], *, wait: float = DEFAULT_WAIT,
+                   shared: bool = False) -> AsyncIterator[list[Lease]]:
+    """Hold every lock of `names` (duplicates once) for the block, taken one after another in sorted
+    order and released in reverse. Everyone who holds several locks of one kind at once takes them in
+    this order (a manifest PUT its blobs' shared, the GC sweeper a batch of them exclusive), so no two
+    holders can each wait for a lock the other has: the order rules out deadlock, also with the
+    stores' preference for a waiting exclusive holder (docs/gc.md)."""
+    async with contextlib.AsyncExitStack() as stack:
+        leases = [await stack.enter_async_context(store.hold(name, wait=wait, shared=shared))
+                  for name in sorted(set(names))]
+        yield leases
+
+
+def check_all(leases: Iterable[Lease]) -> None:
+    """`Lease.check()` of each: raise `LockLost` when any of them was lost."""
+    for lease in leases:
+        lease.check()

@@ -16,7 +16,7 @@ from app.actors.manifest_index import page
 from app.coherence import Coherence
 from app.grammar import Digest
 from app.immutable import ImmutableTags
-from app.locks.base import LockStore
+from app.locks.base import LockStore, check_all, hold_all
 from app.services.blobs import BlobService
 from app.services.links import read_link, write_link
 from app.storage import NotFound, Storage, layout
@@ -111,23 +111,30 @@ class ManifestService:
         else:
             parsed = self._validate(reference, body, content_type)
         digest = parsed.digest
-        await self._check_references(namespace, parsed)
         tags = list(dict.fromkeys(([] if isinstance(reference, Digest) else [reference]) + extra_tags))
         rules = self.immutable_tags
         immutable = {tag for tag in tags if rules is not None and rules.applies(namespace, tag)}
         for tag in immutable:  # fail before writing anything; checked again under the tag lock
             await self._check_immutable(namespace, tag, digest)
 
-        # Under the manifest's lock from the revision to its tags: a DELETE of the same digest comes
-        # wholly before (then this PUT writes everything again) or wholly after (then it removes the
-        # tags too), never in between (a tag listed that names a removed revision).
-        async with self.locks.hold(lock_names.manifest(namespace, digest)):
-            await self.store_revision(namespace, digest, body, parsed)
-            for tag in tags:
-                async with self.locks.hold(lock_names.tag(namespace, tag)):
-                    if tag in immutable:
-                        await self._check_immutable(namespace, tag, digest)
-                    await self.set_tag(namespace, tag, digest)
+        # The GC protocol (docs/gc.md): from checking that the referenced blobs and child manifests
+        # exist to writing the revision that references them, hold their blob locks (and the
+        # manifest's own) shared. The sweeper deletes a blob only under its exclusive lock, after
+        # looking for revisions written since its marking: it finds this one, or this check fails.
+        async with hold_all(self.locks, lock_names.references(referenced_digests(parsed)),
+                            shared=True) as references:
+            await self._check_references(namespace, parsed)
+            # Under the manifest's lock from the revision to its tags: a DELETE of the same digest
+            # comes wholly before (then this PUT writes everything again) or wholly after (then it
+            # removes the tags too), never in between (a tag listed that names a removed revision).
+            async with self.locks.hold(lock_names.manifest(namespace, digest)):
+                check_all(references)
+                await self.store_revision(namespace, digest, body, parsed)
+                for tag in tags:
+                    async with self.locks.hold(lock_names.tag(namespace, tag)):
+                        if tag in immutable:
+                            await self._check_immutable(namespace, tag, digest)
+                        await self.set_tag(namespace, tag, digest)
         await self.announce(namespace)
         return PutResult(digest, parsed.subject)
 
@@ -319,6 +326,12 @@ class ManifestService:
 
         await visit("")
         return found
+
+
+def referenced_digests(parsed: manifest.Manifest) -> set[Digest]:
+    """The digests a manifest PUT holds the blob locks of: its config and layers, its child manifests
+    and its own (its body is a blob too). Not the subject: it need not exist, and is never checked."""
+    return {parsed.digest, *(d.digest for d in parsed.blobs), *(d.digest for d in parsed.children)}
 
 
 async def first_false(checks: Sequence[Callable[[], Awaitable[bool]]], limit: int) -> int | None:

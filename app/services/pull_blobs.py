@@ -80,7 +80,11 @@ class PullThroughBlobs:
                 # Stored for another namespace: visible here once upstream says this repository has it.
                 if not await self._upstream_has(namespace, digest):
                     raise errors.BlobUnknown(f"blob {digest} is unknown upstream for {namespace}")
-                await self.local.link(namespace, digest)
+                # Linked like a mount (the GC protocol): the sweeper cannot delete it in between.
+                async with self.locks.hold(lock_names.blob(digest), shared=True):
+                    if not await self.local.exists(digest):
+                        return await self.open_remote(namespace, digest, method, range_header)
+                    await self.local.link(namespace, digest)
             metrics.hit(prefix)
             return None
         metrics.miss(prefix)

@@ -27,6 +27,7 @@ from app.lifecycle.inventory import namespaces
 from app.lifecycle.locking import LOCK_WAIT
 from app.lifecycle.references import read_revision
 from app.lifecycle.report import CheckReport, Finding
+from app.locks.base import hold_all
 from app.storage import NotFound, Stat, StorageError, layout
 from app.storage import locks as lock_names
 
@@ -139,14 +140,11 @@ async def _sweep(ctx: ScrubContext, report: CheckReport, candidates: list[tuple[
                           digest=str(digest))
         added = False
         try:
-            # ISSUE 13 STEP 2 (the GC/push race protocol) plugs in here. A manifest PUT checks its
-            # blobs' `_layers` links and then writes its revision without holding any lock on those
-            # blobs, so a PUT that checked just before this re-check and writes its revision just
-            # after the delete below can still reference a removed blob (the HEAD-then-manifest race).
-            # The protocol closes that window: PUTs hold shared locks on the digests they reference
-            # while they check and write, and this exclusive `hold` (through the cross-process lock
-            # store) then waits for them; the re-check below finds what they wrote.
-            async with ctx.locks.hold(lock_names.blob(digest), wait=LOCK_WAIT):
+            # The GC protocol (docs/gc.md): manifest PUTs hold the locks of the digests they
+            # reference shared while they check and write; under these exclusive locks (the blob's
+            # and its stripe's, through the cross-process lock store) the re-check below finds every
+            # revision they wrote, and a PUT after it finds the blob gone.
+            async with hold_all(ctx.locks, lock_names.sweeping([digest]), wait=LOCK_WAIT):
                 linked = await _still_unreferenced(ctx, digest, names, deadline)
                 if linked is None:
                     continue  # referenced, or written, since the marking: not a finding
@@ -154,9 +152,9 @@ async def _sweep(ctx: ScrubContext, report: CheckReport, candidates: list[tuple[
                 added = True
                 if ctx.dry_run:
                     continue
-                await ctx.storage.delete_tree(layout.blob_dir(digest))
-                for namespace in linked:
+                for namespace in linked:  # links first: a link to a deleted blob would be followed
                     await ctx.storage.delete(layout.layer_link(namespace, digest))
+                await ctx.storage.delete_tree(layout.blob_dir(digest))
         except (StorageError, TimeoutError) as exc:
             if not added:
                 report.add(finding)
@@ -176,8 +174,11 @@ async def _still_unreferenced(ctx: ScrubContext, digest: Digest, names: list[str
     for namespace in names:
         if await ctx.storage.stat(layout.revision_link(namespace, digest)) is not None:
             return None  # a manifest of that digest
-        if await ctx.storage.stat(layout.layer_link(namespace, digest)) is None:
+        link = await ctx.storage.stat(layout.layer_link(namespace, digest))
+        if link is None:
             continue
+        if link.modified >= deadline:
+            return None  # linked within the grace period (an upload onto it, a mount): a push is on
         linked.append(namespace)
         if await _referenced_by_new_revision(ctx, namespace, digest):
             return None
