@@ -2,11 +2,15 @@
 
 `GET <url>` with the request described in `X-Forwarded-*` and `X-Registry-*` headers. 2xx allows;
 any other status, a transport error or the timeout denies (fail closed). Answers other than 429 and
-5xx are cached for `cache_ttl` seconds, keyed by every header that was sent.
+5xx are cached for `cache_ttl` seconds, keyed by every header that was sent: in this process, or
+in the cache store the replicas share when it is Redis (`[cache.redis]`), so that one replica's
+question answers the others' (a Redis that is away is a miss: the webhook is asked).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import ssl
 from typing import TYPE_CHECKING
@@ -15,6 +19,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from app.auth.identity import Identity
+from app.cache import shared_cache
 from app.client_tls import verifying_context
 from app.config import WebhookConfig
 from app.metrics import Counter
@@ -45,6 +50,14 @@ class WebhookClient:
         self.ssl_context = _ssl_context(name, config)
         self.cache: TTLCache[bool] = TTLCache(CACHE_SIZE, config.cache_ttl)
         self._session: aiohttp.ClientSession | None = None
+        # Shared decisions are keyed by the webhook too (its URL and credentials, hashed): another
+        # webhook, or the same one called with other credentials, is another question.
+        who = json.dumps([config.url, config.bearer_token,
+                          config.basic_auth.model_dump() if config.basic_auth else None])
+        self._shared_prefix = f"webhook:{hashlib.sha256(who.encode()).hexdigest()[:24]}:"
+
+    def _shared_key(self, sent: list[tuple[str, str]]) -> str:
+        return self._shared_prefix + hashlib.sha256(json.dumps(sent).encode()).hexdigest()
 
     def headers(self, identity: Identity, access: AccessRequest) -> list[tuple[str, str]]:
         """What is sent for this request, in a fixed order (it is also the cache key)."""
@@ -72,7 +85,12 @@ class WebhookClient:
     async def allows(self, identity: Identity, access: AccessRequest) -> bool:
         sent = self.headers(identity, access)
         key = tuple(sent)
-        cached = self.cache.get(key)
+        shared = shared_cache()
+        if shared is not None:
+            answer = await shared.get(self._shared_key(sent))
+            cached = None if answer is None else answer == b"1"
+        else:
+            cached = self.cache.get(key)
         if cached is not None:
             webhook_requests.labels(self.name, "cached").inc()
             return cached
@@ -99,7 +117,10 @@ class WebhookClient:
         allowed = 200 <= status < 300
         webhook_requests.labels(self.name, "allow" if allowed else "deny").inc()
         if status != 429 and status < 500:
-            self.cache.put(key, allowed)
+            if shared is None:
+                self.cache.put(key, allowed)
+            elif self.config.cache_ttl > 0:
+                await shared.set(self._shared_key(sent), b"1" if allowed else b"0", self.config.cache_ttl)
         elif not allowed:
             log.warning("authorization webhook %s answered %d: denied", self.name, status)
         return allowed

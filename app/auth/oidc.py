@@ -6,11 +6,17 @@ and refetched on a token whose `kid` is unknown at most once a minute (so a floo
 cannot turn into a flood of requests to the issuer). Only asymmetric algorithms are ever accepted:
 `alg=none` and HMAC algorithms (the "HS256 signed with the public key" attack) are refused whatever
 `allowed_algorithms` says.
+
+Replicas with `[cache.redis]` share the key set through that cache store: a replica about to fetch
+it (stale, or a token with an unknown `kid`) first takes a newer one another replica published, so
+the issuer sees about one fetch per refresh interval for the whole cluster. The once-a-minute limit
+on unknown-`kid` refetches stays per replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -22,6 +28,7 @@ import aiohttp
 import jwt
 
 from app import errors
+from app.cache import shared_cache
 from app.client_tls import verifying_context
 from app.config import OIDCConfig
 
@@ -51,6 +58,9 @@ class OIDCProvider:
         self.unknown_kid_refresh_interval = UNKNOWN_KID_REFRESH_INTERVAL
         self._keys: list[dict[str, Any]] = []
         self._fetched_at = -math.inf
+        self._fetched_wall = -math.inf  # when the key set we hold was fetched (by us or a replica)
+        self._shared_key = "oidc:jwks:" + hashlib.sha256(
+            json.dumps([self.issuer, config.jwks_uri]).encode()).hexdigest()[:32]
         self._attempted_at = -math.inf
         self._jwks_uri = config.jwks_uri
         self._lock = asyncio.Lock()
@@ -132,6 +142,8 @@ class OIDCProvider:
         if self._stale():
             await self._refresh(self._stale)
         key = self._match(kid, algorithm)
+        if key is None and await self._adopt_shared():  # rotated, and another replica has the new set
+            key = self._match(kid, algorithm)
         if key is None and self._may_refetch():
             await self._refresh(self._may_refetch)
             key = self._match(kid, algorithm)
@@ -145,6 +157,8 @@ class OIDCProvider:
         """Fetch the key set once for every waiter (the first one fetches, the others reuse it)."""
         async with self._lock:
             if not still_needed():
+                return
+            if await self._adopt_shared() and not still_needed():
                 return
             self._attempted_at = time.monotonic()
             try:
@@ -161,6 +175,8 @@ class OIDCProvider:
                     raise ValueError("the JWKS document has no keys")
                 self._keys = [k for k in keys if isinstance(k, dict)]
                 self._fetched_at = time.monotonic()
+                self._fetched_wall = time.time()
+                await self._publish()
                 log.info("OIDC keys fetched", extra={"fields": {"provider": self.name,
                                                                  "keys": len(self._keys)}})
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -168,6 +184,34 @@ class OIDCProvider:
                 if not self._keys:
                     raise errors.Unavailable(
                         f"the signing keys of OIDC provider {self.name} cannot be fetched") from None
+
+    async def _publish(self) -> None:
+        shared = shared_cache()
+        if shared is not None:
+            document = {"fetched": self._fetched_wall, "jwks_uri": self._jwks_uri, "keys": self._keys}
+            await shared.set(self._shared_key, json.dumps(document).encode(),
+                             self.config.jwks_refresh_interval)
+
+    async def _adopt_shared(self) -> bool:
+        """Take the key set another replica fetched after ours, if any (True when taken)."""
+        shared = shared_cache()
+        if shared is None:
+            return False
+        raw = await shared.get(self._shared_key)
+        if raw is None:
+            return False
+        try:
+            document = json.loads(raw)
+            fetched, keys, uri = float(document["fetched"]), document["keys"], document["jwks_uri"]
+        except (ValueError, KeyError, TypeError):
+            return False
+        if fetched <= self._fetched_wall or not isinstance(keys, list) or not isinstance(uri, str):
+            return False
+        self._keys = [k for k in keys if isinstance(k, dict)]
+        self._jwks_uri = uri
+        self._fetched_wall = fetched
+        self._fetched_at = time.monotonic() - max(0.0, time.time() - fetched)
+        return True
 
     async def _fetch_json(self, url: str) -> dict[str, Any]:
         if self._session is None or self._session.closed:
