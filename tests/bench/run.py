@@ -5,6 +5,8 @@ over several rounds, medians reported with the ratio ours/distribution.
     python -m tests.bench.run --quick               # fewer iterations and rounds
     python -m tests.bench.run --target URL [--baseline URL]   # any registries, ad hoc
     python -m tests.bench.run --storage s3          # both on S3 (one moto server, a bucket each)
+    python -m tests.bench.run --redis               # ours + Redis vs distribution + its Redis cache,
+                                                    # and vs ours without Redis (the coherence cost)
 """
 
 from __future__ import annotations
@@ -171,6 +173,11 @@ def s3_targets(workloads: list[Workload]) -> list[Workload]:
     return [replace(wl, target=1.0) for wl in workloads if wl.name in S3_WORKLOADS]
 
 
+# With --redis: the workloads the replicas issue measures (the coherence cost target is <= 15 %).
+REDIS_WORKLOADS = ("push monolith 1MiB c=2", "manifest GET by tag c=16")
+COHERENCE_COST_TARGET = 0.15
+
+
 async def measure(server: Server, workload: Workload) -> dict[str, Any]:
     iteration = await workload.prepare(server.url, workload.iterations)
     server.reset_peak()
@@ -236,7 +243,7 @@ async def big_blob_memory(server: Server, size: int) -> dict[str, float]:
 
 
 def render(report: dict[str, Any]) -> str:
-    ours, theirs = report["servers"]
+    ours, theirs = report["servers"][:2]
     lines = [
         f"# Benchmark report ({report['date']})",
         "",
@@ -257,7 +264,17 @@ def render(report: dict[str, Any]) -> str:
             f"{int(a['errors'])}/{int(b['errors'])} | {target} |"
         )
     memory = report["memory"]
-    lines += ["", "| memory | " + " | ".join(report["servers"]) + " |", "|---|---|---|"]
+    if "plain" in report:  # --redis: what Redis costs ours (one replica with it, one without)
+        plain = report["plain"]
+        lines += ["", f"| workload | {plain} it/s | {ours} it/s | coherence cost | target |",
+                  "|---|---|---|---|---|"]
+        for row in report["workloads"]:
+            lines.append(
+                f"| {row['name']} | {row['results'][plain]['iterations_per_s']:.1f} | "
+                f"{row['results'][ours]['iterations_per_s']:.1f} | "
+                f"**{row['coherence_cost'] * 100:+.1f} %** | ≥ {-COHERENCE_COST_TARGET * 100:.0f} % |")
+    lines += ["", "| memory | " + " | ".join(report["servers"]) + " |",
+              "|---" * (len(report["servers"]) + 1) + "|"]
     lines.append(
         "| idle RSS (MiB) | "
         + " | ".join(f"{memory[s]['idle_rss_mib']:.1f}" for s in report["servers"])
@@ -305,9 +322,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         else start_ours(workdir, args.binary, ours_s3, redis_url))
         servers.append(ours)
         theirs: Server = (External("baseline", args.baseline) if args.baseline
-                          else start_distribution(workdir, theirs_s3))
+                          else start_distribution(workdir, theirs_s3, redis_url))
         servers.append(theirs)
         ours.name, theirs.name = ("ours", "distribution") if not args.target else (ours.name, theirs.name)
+        plain: Server | None = None
+        if redis_url is not None and not args.target:  # the same server without Redis
+            plain_s3 = S3Bucket(moto.endpoint, moto.create_bucket("bench-plain")) if moto else None
+            plain = start_ours(workdir, args.binary, plain_s3, name="ours-plain")
+            servers.append(plain)
+            ours.name, theirs.name, plain.name = "ours+redis", "distribution+redis", "ours (no redis)"
         memory: dict[str, Any] = {s.name: {"idle_rss_mib": s.rss() / MiB} for s in servers}
         if theirs.rss():
             memory["idle_ratio"] = ours.rss() / theirs.rss()
@@ -316,30 +339,39 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         workloads = workload_list(args.quick)
         if args.storage == "s3":
             workloads = s3_targets(workloads)
+        if args.redis and not args.only:
+            workloads = [wl for wl in workloads if wl.name in REDIS_WORKLOADS]
         selected = [wl for wl in workloads if not args.only or args.only in wl.name]
         rows = []
         for workload in selected:
             results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
             for round_index in range(args.rounds):
-                order = servers if round_index % 2 == 0 else servers[::-1]
+                # Alternated (A B C, C B A, then rotated): no server always runs first or last.
+                shift = (round_index // 2) % len(servers)
+                order = servers[shift:] + servers[:shift]
+                order = order if round_index % 2 == 0 else order[::-1]
                 for server in order:
                     results[server.name].append(await measure(server, workload))
             medians = {name: median_of(r) for name, r in results.items()}
             base = medians[theirs.name]["iterations_per_s"]
             ratio = medians[ours.name]["iterations_per_s"] / base if base else 0.0
-            rows.append(
-                {
-                    "name": workload.name,
-                    "concurrency": workload.concurrency,
-                    "iterations": workload.iterations,
-                    "target": workload.target,
-                    "ratio": ratio,
-                    "results": medians,
-                }
-            )
+            row: dict[str, Any] = {
+                "name": workload.name,
+                "concurrency": workload.concurrency,
+                "iterations": workload.iterations,
+                "target": workload.target,
+                "ratio": ratio,
+                "results": medians,
+            }
+            cost = ""
+            if plain is not None:
+                alone = medians[plain.name]["iterations_per_s"]
+                row["coherence_cost"] = medians[ours.name]["iterations_per_s"] / alone - 1 if alone else 0.0
+                cost = f", coherence cost {row['coherence_cost'] * 100:+.1f} % against {alone:.1f} it/s"
+            rows.append(row)
             print(
                 f"{workload.name}: ratio {ratio:.2f} "
-                f"({medians[ours.name]['iterations_per_s']:.1f} vs {base:.1f} it/s)",
+                f"({medians[ours.name]['iterations_per_s']:.1f} vs {base:.1f} it/s{cost})",
                 flush=True,
             )
         report: dict[str, Any] = {
@@ -351,6 +383,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "workloads": rows,
             "memory": memory,
         }
+        if plain is not None:
+            report["plain"] = plain.name
         if args.big_blob and not args.target:
             report["big_blob"] = await big_blob_memory(ours, args.big_blob * MiB)
         return report

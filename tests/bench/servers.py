@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -111,7 +112,7 @@ class S3Bucket:
 
 
 def start_ours(workdir: Path, binary: str | None = None, s3: S3Bucket | None = None,
-               redis_url: str | None = None) -> Server:
+               redis_url: str | None = None, name: str = "ours") -> Server:
     """Zero-config `registry server` (no config file: the idle RSS the issue measures); the port and
     the data folder come from the environment. With `s3`, a config file with only `[blob_store.s3]`."""
     port = free_port()
@@ -123,19 +124,21 @@ def start_ours(workdir: Path, binary: str | None = None, s3: S3Bucket | None = N
         env[f"REGISTRY__METADATA_STORE__{kind.upper()}__REDIS__URL"] = redis_url
         env["REGISTRY__CACHE__REDIS__URL"] = redis_url
     if s3 is None:
-        env["REGISTRY__BLOB_STORE__FS__ROOT_DIR"] = str(workdir / "ours-data")
+        env["REGISTRY__BLOB_STORE__FS__ROOT_DIR"] = str(workdir / f"{name}-data")
     else:
-        config = workdir / "ours-s3.toml"
+        config = workdir / f"{name}-s3.toml"
         config.write_text(
             "[blob_store.s3]\n"
             f'endpoint = "{s3.endpoint}"\nbucket = "{s3.bucket}"\nregion = "{s3.region}"\n'
             f'access_key_id = "{s3.access_key_id}"\nsecret_key = "{s3.secret_key}"\n'
             f"multipart_part_size = {s3.part_size}\n")
         command += ["-c", str(config)]
-    return Server("ours", [*command, "server"], f"http://127.0.0.1:{port}", env, workdir).start()
+    return Server(name, [*command, "server"], f"http://127.0.0.1:{port}", env, workdir).start()
 
 
-def start_distribution(workdir: Path, s3: S3Bucket | None = None) -> Server:
+def start_distribution(workdir: Path, s3: S3Bucket | None = None, redis_url: str | None = None) -> Server:
+    """With `redis_url`: its blob descriptor cache in Redis (`storage.cache.blobdescriptor: redis`), as
+    a distribution deployment with several instances runs it, in database 1 (ours uses 0)."""
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     if not Path(binary).exists():
         raise SystemExit(
@@ -152,11 +155,19 @@ def start_distribution(workdir: Path, s3: S3Bucket | None = None) -> Server:
                    f"    chunksize: {s3.part_size}\n"
                    # Blob bytes through the registry, as ours serves them by default (`redirect`).
                    "  redirect:\n    disable: true\n")
+    redis = ""
+    if redis_url is not None:
+        parts = urlsplit(redis_url)
+        storage += "  cache:\n    blobdescriptor: redis\n"
+        redis = (f"redis:\n  addr: {parts.hostname}:{parts.port}\n  db: 1\n  dialtimeout: 2s\n"
+                 "  readtimeout: 2s\n  writetimeout: 2s\n"
+                 "  pool:\n    maxidle: 16\n    maxactive: 64\n    idletimeout: 300s\n")
     config.write_text(
         "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
         f"storage:\n{storage}"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
+        f"{redis}"
     )
     # Its AWS SDK panics when AWS_CA_BUNDLE is set: no AWS_* variables from this environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
