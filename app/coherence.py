@@ -10,7 +10,7 @@ this replica last looked, the namespace is invalidated and read again from stora
 
 Why it cannot go stale: a write is in storage before its version is bumped, and the client hears
 of it only after the bump. A request that starts after the client heard of it reads the version in
-a Redis round trip that starts after the request did (see `VersionReader`), so it sees the bump and
+a Redis round trip that starts after the request did (app/redis_raw.py), so it sees the bump and
 drops what the index held. A fill (what a request read from storage) that was in flight while
 the namespace was invalidated carries an older generation and is refused by the index
 (`ManifestIndexActor.invalidate`).
