@@ -73,6 +73,15 @@ def _regexes(patterns: list[str]) -> list[str]:
 class RetentionPolicy(Section):
     rules: list[str] = []
 
+    @field_validator("rules")
+    @classmethod
+    def _rules_compile(cls, rules: list[str]) -> list[str]:
+        if not rules:
+            return rules
+        from app.retention import check_rules  # cel-python is imported only when rules exist
+
+        return check_rules(rules)
+
 
 class GCConfig(Section):
     """Online garbage collection in the server (docs/gc.md)."""
@@ -109,6 +118,8 @@ class GlobalConfig(Section):
     max_concurrent_requests: int = Field(64, ge=1)
     max_concurrent_cache_jobs: int = Field(4, ge=1)
     update_pull_time: bool = True
+    # How often recorded pull times are written to storage (and at shutdown): app/services/pull_times.py.
+    pull_time_flush_interval: Duration = Field(10.0, gt=0)
     max_manifest_size: ByteSize = Field(4 * 1024 * 1024, ge=1024)
     # Descriptors (config, layers, index children, subject) one manifest may list (app/manifest.py).
     max_manifest_references: int = Field(10000, ge=1)

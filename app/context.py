@@ -19,6 +19,7 @@ from app.locks import LockStore, open_lock_store
 from app.policy import Authorizer
 from app.services.blobs import BlobService
 from app.services.manifests import ManifestService
+from app.services.pull_times import PullTimes
 from app.services.uploads import UploadService
 from app.storage import Storage, open_stores
 
@@ -46,6 +47,9 @@ class Registry:
     # Built with the first configuration that has upstreams (at start or by a hot reload), then kept:
     # a registry that never mirrors anything never imports the pull-through code or its upstream client.
     pull_through: PullThrough | None = field(init=False, default=None)
+    # Manifest GETs recorded for retention, written in batches (app/services/pull_times.py); set when
+    # the server starts its housekeeping (app/housekeeping.py).
+    pull_times: PullTimes | None = field(init=False, default=None)
     # The garbage collector, once the server's housekeeping started it (app/services/garbage.py).
     garbage: GarbageCollector | None = field(init=False, default=None)
 

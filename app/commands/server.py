@@ -112,6 +112,7 @@ async def _listen(config: Config, files: list[Path] | None, tls: ServerTLS | Non
         log.info("stopping: draining in-flight requests")
     finally:
         await runner.cleanup()
+        await housekeeping.stop(registry)  # pull times recorded since the last flush are written
         await registry.close()
         log.info("stopped")
 

@@ -14,8 +14,10 @@ async def get_manifest(request: web.Request, route: Route, registry: Registry) -
     assert route.namespace is not None and route.reference is not None
     stored = await registry.manifests_for(route.namespace).get(route.namespace, route.reference)
     headers = {"Docker-Content-Digest": str(stored.digest), "ETag": f'"{stored.digest}"'}
-    if request.method == "HEAD":
+    if request.method == "HEAD":  # not a pull (docs/gc.md, Retention)
         return head(200, len(stored.body), headers, stored.media_type)
+    if registry.pull_times is not None and registry.config.global_.update_pull_time:
+        registry.pull_times.record(route.namespace, route.reference)
     response = web.Response(body=stored.body, headers=headers)
     response.content_type = stored.media_type
     return response

@@ -78,6 +78,19 @@ def tag_fetched_at(name: str, tag: str) -> str:
     return f"{tag_dir(name, tag)}/fetchedat"
 
 
+def tag_pulled_at(name: str, tag: str) -> str:
+    """Ours: when the tag was last pulled (a GET by tag), decimal seconds since the epoch (retention;
+    written in batches by app/services/pull_times.py; distribution only reads `current/` and `index/`)."""
+    return f"{tag_dir(name, tag)}/pulledat"
+
+
+def revision_pulled_at(name: str, digest: Digest) -> str:
+    """Ours: when the revision was last pulled by digest, decimal seconds since the epoch (a tag's last
+    pull is the later of its own and its current revision's: containerd resolves a tag with HEAD and
+    then GETs by digest)."""
+    return f"{revision_dir(name, digest)}/pulledat"
+
+
 def referrers_dir(name: str, subject: Digest) -> str:
     """Ours: `_manifests/referrers/<alg>/<subject>/<alg>/<referrer>/link`."""
     return f"{REPOSITORIES}/{name}/_manifests/referrers/{subject.algorithm}/{subject.hex}"
