@@ -1,8 +1,10 @@
 """`registry scrub`: check the store for inconsistencies and repair them (docs/gc.md).
 
-    registry -c config.toml scrub [--dry-run] [--uploads [AGE]] [--tags] [--revisions] [--blobs] [--json]
+    registry -c config.toml scrub [--dry-run] [--uploads [AGE]] [--tags] [--revisions] [--blobs]
+                                  [--retention] [--json]
 
-No check flag: every check. A progress bar on a terminal (stderr), one summary line per check
+No check flag: every check (retention included when a retention policy has rules; it runs first,
+so the other checks see the store it left). A progress bar on a terminal (stderr), one summary line per check
 (stdout), or with `--json` only the report as JSON. Exit status: 0 when the store is consistent or was
 made so; 1 when something was found and not repaired (`--dry-run`, a repair failed, or a fault scrub
 cannot repair); 2 for usage and configuration errors, or when a check could not finish (the store
@@ -43,18 +45,23 @@ def add_arguments(commands: Any) -> None:
     parser.add_argument("--blobs", action="store_true",
                         help="hash every blob (mismatches quarantined); remove unreferenced blobs older "
                              "than [global.gc] grace_period")
+    parser.add_argument("--retention", action="store_true",
+                        help="remove the tags no retention policy rule keeps (with --dry-run: list them)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def options_from(args: argparse.Namespace, config: Config) -> ScrubOptions:
     """Raises ValueError for a bad AGE."""
     from app.lifecycle.scrub import CHECKS, DEFAULT_UPLOAD_AGE, ScrubOptions
+    from app.retention import RetentionPolicies
     from app.units import parse_duration
 
     chosen = {name for name in CHECKS if getattr(args, name) not in (None, False)}
     age = DEFAULT_UPLOAD_AGE if args.uploads is None else parse_duration(args.uploads)
-    return ScrubOptions(checks=chosen or set(CHECKS), dry_run=args.dry_run, upload_age=age,
-                        grace_period=config.global_.gc.grace_period)
+    policies = RetentionPolicies.from_config(config)  # checked at load: compiles
+    every = {name for name in CHECKS if name != "retention" or policies.configured}
+    return ScrubOptions(checks=chosen or every, dry_run=args.dry_run, upload_age=age,
+                        grace_period=config.global_.gc.grace_period, retention=policies)
 
 
 class Bar:

@@ -39,6 +39,9 @@ KINDS: dict[str, Kind] = {
     "corrupt_blob": Kind("blob whose bytes do not match its digest", "blobs whose bytes do not match their "
                          "digest", "quarantined"),
     "unreferenced_blob": Kind("unreferenced blob", "unreferenced blobs", "removed"),
+    "expired_tag": Kind("tag no retention rule keeps", "tags no retention rule keeps", "removed"),
+    "retention_rule_error": Kind("tag kept because a retention rule failed",
+                                 "tags kept because a retention rule failed", None),
 }
 
 
@@ -66,7 +69,7 @@ class Finding:
 
 @dataclass
 class CheckReport:
-    name: str  # uploads, tags, revisions, blobs
+    name: str  # retention, uploads, tags, revisions, blobs
     unit: str  # what `examined` counts: "upload sessions", "tags" ...
     dry_run: bool
     examined: int = 0

@@ -1,5 +1,7 @@
 """One scrub of a store: the selected checks, in an order where no check undoes another's work.
 
+0. retention: the tags no retention rule keeps go first, so that the checks below see the store as
+   retention left it (it reads the store for itself, before the walk the others share);
 1. uploads (independent of the rest);
 2. blobs: corrupt blobs quarantined first, so that the checks below report the images that lost a
    blob in this very run (not only in the next); unreferenced blobs swept by a marking that also
@@ -17,14 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from app.lifecycle import inventory, references
-from app.lifecycle.checks import blobs, revisions, tags, uploads
+from app.lifecycle.checks import blobs, retention, revisions, tags, uploads
 from app.lifecycle.context import NoProgress, Progress, ScrubContext
 from app.lifecycle.locking import LockStore
 from app.lifecycle.report import CheckReport, Report
+from app.retention import RetentionPolicies
 from app.storage import Storage, StorageError
 
-CHECKS = ("uploads", "blobs", "tags", "revisions")
-UNITS = {"uploads": "upload sessions", "blobs": "blobs", "tags": "tags", "revisions": "revisions"}
+CHECKS = ("retention", "uploads", "blobs", "tags", "revisions")
+UNITS = {"retention": "tags", "uploads": "upload sessions", "blobs": "blobs", "tags": "tags",
+         "revisions": "revisions"}
 DEFAULT_UPLOAD_AGE = 24 * 3600.0
 
 
@@ -34,6 +38,9 @@ class ScrubOptions:
     dry_run: bool = False
     upload_age: float = DEFAULT_UPLOAD_AGE
     grace_period: float = 3600.0
+    # The compiled retention rules (`retention` check); None or none configured: every tag is kept.
+    retention: RetentionPolicies | None = None
+    now: float | None = None  # when retention rules are evaluated (None: when the check starts)
 
 
 async def scrub(storage: Storage, locks: LockStore, options: ScrubOptions, store: str = "",
@@ -51,20 +58,16 @@ async def scrub(storage: Storage, locks: LockStore, options: ScrubOptions, store
         check = CheckReport(name, UNITS[name], options.dry_run)
         report.checks.append(check)
         try:
-            if not prepared:
-                prepare_started = time.monotonic()
-                await _prepare(ctx, options)
-                prepared = True
-                report.prepare_seconds = time.monotonic() - prepare_started
-                check.started = time.monotonic()  # the listing and the marking are counted apart
-            if name == "uploads":
-                await uploads.run(ctx, check, options.upload_age)
-            elif name == "blobs":
-                await blobs.run(ctx, check, options.grace_period)
-            elif name == "tags":
-                await tags.run(ctx, check)
+            if name == "retention":  # before the walk: the other checks see what it left
+                await retention.run(ctx, check, options.retention or RetentionPolicies(None), options.now)
             else:
-                await revisions.run(ctx, check)
+                if not prepared:
+                    prepare_started = time.monotonic()
+                    await _prepare(ctx, options)
+                    prepared = True
+                    report.prepare_seconds = time.monotonic() - prepare_started
+                    check.started = time.monotonic()  # the listing and the marking are counted apart
+                await _check(ctx, check, name, options)
         except StorageError as exc:
             check.error = str(exc)
         check.finish()
@@ -74,6 +77,17 @@ async def scrub(storage: Storage, locks: LockStore, options: ScrubOptions, store
             break  # the store cannot even be listed: the other checks would fail the same way
     report.seconds = time.monotonic() - started
     return report
+
+
+async def _check(ctx: ScrubContext, check: CheckReport, name: str, options: ScrubOptions) -> None:
+    if name == "uploads":
+        await uploads.run(ctx, check, options.upload_age)
+    elif name == "blobs":
+        await blobs.run(ctx, check, options.grace_period)
+    elif name == "tags":
+        await tags.run(ctx, check)
+    else:
+        await revisions.run(ctx, check)
 
 
 async def _prepare(ctx: ScrubContext, options: ScrubOptions) -> None:
