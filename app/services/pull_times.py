@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from app.grammar import Digest
@@ -55,7 +56,9 @@ class PullTimes:
         self.storage = storage
         self.locks = locks
         self.max_pending = max_pending
-        self._pending: dict[tuple[str, Reference], float] = {}
+        # Least recently pulled first (an OrderedDict: a plain dict's first key is found by skipping
+        # the slots of deleted keys, O(n) once many were dropped from the front).
+        self._pending: OrderedDict[tuple[str, Reference], float] = OrderedDict()
         self._flushing = asyncio.Lock()
         self.dropped = 0  # keys dropped because `max_pending` were waiting (since start)
         self.writes = 0  # pull times written (since start)
@@ -65,8 +68,10 @@ class PullTimes:
         """A manifest GET by tag (str) or by digest; no I/O."""
         key = (namespace, reference)
         pending = self._pending
-        if pending.pop(key, None) is None and len(pending) >= self.max_pending:
-            del pending[next(iter(pending))]  # the least recently pulled key
+        if key in pending:
+            pending.move_to_end(key)
+        elif len(pending) >= self.max_pending:
+            pending.popitem(last=False)  # the least recently pulled key
             self.dropped += 1
         pending[key] = time.time() if when is None else when
 
@@ -83,7 +88,7 @@ class PullTimes:
         """Write every pending pull time (a failed one waits for the next flush). One flush at a time,
         so a key's times reach storage in the order they were recorded."""
         async with self._flushing:
-            batch, self._pending = self._pending, {}
+            batch, self._pending = self._pending, OrderedDict()
             result = FlushResult()
             if not batch:
                 return result
