@@ -28,7 +28,7 @@ from app.locks.files import FileLockStore
 from app.locks.memory import MemoryLockStore
 from app.retention import RetentionPolicies, TagFacts
 from app.services.pull_times import PullTimes, read_pulled_at
-from app.storage import layout
+from app.storage import Storage, layout
 from app.storage.fs import FsStorage
 from tests.helpers import auth
 from tests.helpers.distribution import DistributionProcess
@@ -122,43 +122,65 @@ def test_a_bad_rule_is_rejected_at_config_load(tmp_path: Path, rule: str, reason
 
 
 # --- pull times, in memory then in batches ------------------------------------------------------
-def _tagged(root: Path, namespace: str, tag: str, digest: Digest) -> None:
-    for key in (layout.tag_current_link(namespace, tag), layout.revision_link(namespace, digest)):
-        (root / key).parent.mkdir(parents=True, exist_ok=True)
-        (root / key).write_text(str(digest))
+async def _tagged(storage: Storage, namespace: str, tag: str, digest: Digest) -> None:
+    for key in (layout.revision_link(namespace, digest), layout.tag_current_link(namespace, tag)):
+        await storage.put(key, str(digest).encode())
 
 
-def test_pull_times_coalesce_in_bounded_memory_and_never_recreate_a_deleted_tag(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        storage = FsStorage(tmp_path)
-        locks = MemoryLockStore()
-        digest = Digest.of(b"manifest")
-        _tagged(tmp_path, "ns", "a", digest)
-        _tagged(tmp_path, "ns", "b", digest)
-        pulls = PullTimes(storage, locks, max_pending=3)
-        for when in range(100):  # many pulls of one tag: one pending key, the last time
-            pulls.record("ns", "a", 1000.0 + when)
-        pulls.record("ns", digest, 2000.0)
-        pulls.record("ns", "gone", 2001.0)  # no such tag
-        assert pulls.pending_count == 3 and pulls.dropped == 0
-        pulls.record("ns", "a", 2002.0)  # pulled again: now the most recent
-        pulls.record("ns", "b", 2003.0)  # full: the least recently pulled (digest) goes
-        assert pulls.dropped == 1 and pulls.pending("ns", digest) is None
-        assert pulls.pending("ns", "a") == 2002.0
-        result = await pulls.flush()
-        assert (result.written, result.gone) == (2, 1)
-        assert await read_pulled_at(storage, layout.tag_pulled_at("ns", "a")) == 2002.0
-        assert await read_pulled_at(storage, layout.tag_pulled_at("ns", "b")) == 2003.0
-        assert not (tmp_path / layout.tag_dir("ns", "gone")).exists()
-        # Only forward: an older time (another replica's, flushed later) does not move it back.
-        pulls.record("ns", "a", 1500.0)
-        assert (await pulls.flush()).unchanged == 1
-        assert await read_pulled_at(storage, layout.tag_pulled_at("ns", "a")) == 2002.0
-        assert (await pulls.flush()).written == 0  # nothing pending: nothing written
-        await locks.close()
-        await storage.close()
+async def test_pull_times_coalesce_in_bounded_memory_and_never_recreate_a_tag(driver: Storage) -> None:
+    storage, locks = driver, MemoryLockStore()
+    digest = Digest.of(b"manifest")
+    await _tagged(storage, "ns", "a", digest)
+    await _tagged(storage, "ns", "b", digest)
+    pulls = PullTimes(storage, locks, max_pending=3)
+    for when in range(100):  # many pulls of one tag: one pending key, the last time
+        pulls.record("ns", "a", 1000.0 + when)
+    pulls.record("ns", digest, 2000.0)
+    pulls.record("ns", "gone", 2001.0)  # no such tag
+    assert pulls.pending_count == 3 and pulls.dropped == 0
+    pulls.record("ns", "a", 2002.0)  # pulled again: now the most recent
+    pulls.record("ns", "b", 2003.0)  # full: the least recently pulled (digest) goes
+    assert pulls.dropped == 1 and pulls.pending("ns", digest) is None
+    assert pulls.pending("ns", "a") == 2002.0
+    result = await pulls.flush()
+    assert (result.written, result.gone) == (2, 1)
+    assert await read_pulled_at(storage, layout.tag_pulled_at("ns", "a")) == 2002.0
+    assert await read_pulled_at(storage, layout.tag_pulled_at("ns", "b")) == 2003.0
+    assert await storage.list_dir(layout.tag_dir("ns", "gone")) == []
+    # Only forward: an older time (another replica's, flushed later) does not move it back.
+    pulls.record("ns", "a", 1500.0)
+    assert (await pulls.flush()).unchanged == 1
+    assert await read_pulled_at(storage, layout.tag_pulled_at("ns", "a")) == 2002.0
+    assert (await pulls.flush()).written == 0  # nothing pending: nothing written
+    await locks.close()
 
-    asyncio.run(scenario())
+
+async def test_enforce_on_every_driver(driver: Storage) -> None:
+    """The enforcement core on fs and S3: read, decide, dry run, remove; pull times from both keys."""
+    storage, locks = driver, MemoryLockStore()
+    digests = {tag: Digest.of(tag.encode()) for tag in ("t1", "t2", "t3", "keep")}
+    for tag, digest in digests.items():
+        await _tagged(storage, "team/app", tag, digest)
+    await storage.put(layout.tag_pulled_at("team/app", "t1"), b"1000")
+    await storage.put(layout.revision_pulled_at("team/app", digests["t2"]), b"2000")  # by digest: later
+    await storage.put(layout.tag_dir("team/app", "stray") + "/pulledat", b"3000")  # no current link
+    policies = RetentionPolicies(None, {"team": RepositoryConfig(retention_policy=RetentionPolicy(
+        rules=["top(image.tag, last_pulled, 1)", "image.tag == 'keep'"]))})
+    removed: list[tuple[str, str]] = []
+
+    async def on_removed(namespace: str, tag: str) -> None:
+        removed.append((namespace, tag))
+
+    dry = await enforce(storage, locks, policies, dry_run=True, now=time.time(), on_removed=on_removed)
+    assert (dry.namespaces, dry.examined) == (1, 4)
+    assert sorted(e.facts.tag for e in dry.expired) == ["t1", "t3"]
+    assert removed == [] and dry.removed == 0
+    assert await storage.stat(layout.tag_current_link("team/app", "t1")) is not None
+    done = await enforce(storage, locks, policies, dry_run=False, now=time.time(), on_removed=on_removed)
+    assert done.removed == 2 and sorted(removed) == [("team/app", "t1"), ("team/app", "t3")]
+    assert await storage.list_dir(layout.tags_dir("team/app")) == ["keep", "stray", "t2"]
+    assert await storage.stat(layout.revision_link("team/app", digests["t1"])) is not None  # for the GC
+    await locks.close()
 
 
 def _fs_section(root: Path, extra: str = "") -> str:
