@@ -156,20 +156,31 @@ def analyse(tree: lark.Tree) -> RuleAnalysis:
     return analysis
 
 
-def parse_rule(text: str, position: int) -> tuple[lark.Tree, RuleAnalysis]:
-    """Parse and check one rule; ValueError naming the rule (1-based position) and the reason."""
-    label = f"rule {position} ({text[:200]!r})"
+def rule_label(text: str, position: int) -> str:
+    return f"rule {position} ({text[:200]!r})"
+
+
+def compile_tree(text: str, position: int) -> lark.Tree:
+    """The parse tree of one CEL rule (access or retention); ValueError naming the rule (1-based
+    position) and where it does not compile."""
+    label = rule_label(text, position)
     environment = _environment_()
     import celpy
 
     try:
-        tree = environment.compile(text)
+        return environment.compile(text)
     except celpy.CELParseError as exc:
         where = f"line {exc.line}, column {exc.column}" if exc.line is not None else "syntax error"
         excerpt = " ".join(str(exc.args[0]).split()) if exc.args else ""
         raise ValueError(f"{label} does not compile: {where}: {excerpt[:200]}") from None
     except Exception as exc:  # lark raises its own errors for some inputs
         raise ValueError(f"{label} does not compile: {str(exc)[:200]}") from None
+
+
+def parse_rule(text: str, position: int) -> tuple[lark.Tree, RuleAnalysis]:
+    """Parse and check one rule; ValueError naming the rule (1-based position) and the reason."""
+    label = rule_label(text, position)
+    tree = compile_tree(text, position)
     analysis = analyse(tree)
     if analysis.problems:
         raise ValueError(f"{label}: {'; '.join(dict.fromkeys(analysis.problems))}")

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from app.cel_policy import TYPE_NAMES, _environment_, _macro_variables, _member_name
+from app.cel_policy import TYPE_NAMES, _environment_, _macro_variables, _member_name, compile_tree, rule_label
 from app.config import Config, RepositoryConfig, RetentionPolicy
 from app.repositories import RepositoryMap
 
@@ -116,21 +116,10 @@ def _problems(tree: lark.Tree) -> list[str]:
 
 def parse_rule(text: str, position: int) -> lark.Tree:
     """Parse and check one rule; ValueError naming the rule (1-based position) and the reason."""
-    label = f"rule {position} ({text[:200]!r})"
-    environment = _environment_()
-    import celpy
-
-    try:
-        tree = environment.compile(text)
-    except celpy.CELParseError as exc:
-        where = f"line {exc.line}, column {exc.column}" if exc.line is not None else "syntax error"
-        excerpt = " ".join(str(exc.args[0]).split()) if exc.args else ""
-        raise ValueError(f"{label} does not compile: {where}: {excerpt[:200]}") from None
-    except Exception as exc:  # lark raises its own errors for some inputs
-        raise ValueError(f"{label} does not compile: {str(exc)[:200]}") from None
+    tree = compile_tree(text, position)
     problems = _problems(tree)
     if problems:
-        raise ValueError(f"{label}: {'; '.join(problems)}")
+        raise ValueError(f"{rule_label(text, position)}: {'; '.join(problems)}")
     return tree
 
 
