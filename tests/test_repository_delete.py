@@ -114,14 +114,7 @@ def assert_gone(server: RegistryProcess, name: str, image: Image, tags: list[str
 def server(request: pytest.FixtureRequest, start_registry: Callable[..., RegistryProcess],
            tmp_path: Path) -> RegistryProcess:
     """A zero-config server on a store of each kind; `server.store` reads that store by key."""
-    if request.param == "fs":
-        spec = DriverSpec("fs", root=str(tmp_path / "store"))
-        section = f"[blob_store.fs]\nroot_dir = {toml_value(tmp_path / 'store')}\n"
-    else:
-        moto = request.getfixturevalue("moto_server")
-        spec = DriverSpec("s3", endpoint=moto.endpoint, bucket=request.getfixturevalue("s3_bucket"),
-                          key_prefix="registry")
-        section = stores.s3_section(spec, multipart_part_size="5MiB")
+    section, spec = stores.section_of_each_kind(request, tmp_path)
     started = start_registry(section)
     started.store = stores.StoreView(spec)
     return started

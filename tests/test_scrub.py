@@ -49,15 +49,7 @@ EVERY_CHECK_WITH_SHORT_AGE = ("--uploads", f"{GRACE}s", "--tags", "--revisions",
 def server(request: pytest.FixtureRequest, start_registry: Callable[..., RegistryProcess],
            tmp_path: Path) -> RegistryProcess:
     """A server on a store of each kind; `server.store` reads and writes that store by key."""
-    if request.param == "fs":
-        spec = DriverSpec("fs", root=str(tmp_path / "store"))
-        section = f'[blob_store.fs]\nroot_dir = "{(tmp_path / "store").as_posix()}"\n'
-    else:
-        moto = request.getfixturevalue("moto_server")
-        spec = DriverSpec("s3", endpoint=moto.endpoint, bucket=request.getfixturevalue("s3_bucket"),
-                          key_prefix="registry")
-        # The smallest part S3 allows: a stale session of a few MiB has a multipart upload to abort.
-        section = stores.s3_section(spec, multipart_part_size="5MiB")
+    section, spec = stores.section_of_each_kind(request, tmp_path)
     started = start_registry(section)
     started.store = stores.StoreView(spec)
     return started

@@ -13,6 +13,7 @@ import asyncio
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -95,3 +96,17 @@ class StoreView:
         found = asyncio.run(self._with_driver("keys", prefix))
         assert isinstance(found, list)
         return found
+
+
+def section_of_each_kind(request: Any, tmp_path: Path) -> tuple[str, DriverSpec]:
+    """For a fixture parametrized with "fs" and "s3": the `[blob_store]` section of a new store of
+    that kind (fs under tmp_path; S3 on the session's moto, a new bucket, the smallest part size S3
+    allows, so a session of a few MiB has a multipart upload) and the spec to read it by key."""
+    if request.param == "fs":
+        spec = DriverSpec("fs", root=str(tmp_path / "store"))
+        return f'[blob_store.fs]\nroot_dir = "{(tmp_path / "store").as_posix()}"\n', spec
+    moto = request.getfixturevalue("moto_server")
+    spec = DriverSpec("s3", endpoint=moto.endpoint, bucket=request.getfixturevalue("s3_bucket"),
+                      key_prefix="registry")
+    return s3_section(spec, multipart_part_size="5MiB"), spec
+
