@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import requests
@@ -265,3 +266,39 @@ def test_upload_started_in_distribution_finishes_here(tmp_path: Path) -> None:
         assert got.content == blob
     finally:
         ours.stop()
+
+
+GC_EVERY_SECOND = """
+[global.gc]
+interval = "1s"
+grace_period = "3s"
+delete_untagged = true
+"""
+
+
+def test_distribution_serves_what_our_gc_kept(tmp_path: Path) -> None:
+    """Our online GC (every second, untagged manifests too) collects a deleted image's blobs while the
+    fixture set is pushed; afterwards distribution 2.8 serves everything that was kept from the same
+    folder, byte for byte: index children and the referrer of a tagged subject survived."""
+    workdir = tmp_path / "ours-work"
+    workdir.mkdir()
+    ours = RegistryProcess(workdir, GC_EVERY_SECOND).start()
+    try:
+        imgs, index = push_fixture_set(ours.host, tmp_path / "push")
+        doomed = push_and_delete(ours.host, tmp_path, delete_tag=True)
+        artifact = push_referrer(ours.url, imgs["oci"])
+        layer = digest_of(doomed.layers[0])
+        deadline = time.monotonic() + 60
+        while ours.head(f"/v2/interop/app/blobs/{layer}").status_code != 404:
+            assert time.monotonic() < deadline, "the deleted image's layer was never collected"
+            time.sleep(0.5)
+        metrics = ours.get("/metrics").text
+        assert 'registry_gc_runs_total{result="ok"}' in metrics
+        assert "registry_gc_blobs_deleted_total" in metrics
+        check_over_http(ours.url, imgs, index)
+        assert_deleted(ours.url, doomed)
+    finally:
+        assert ours.stop() == 0, ours.logs()
+
+    distribution = DistributionProcess(tmp_path / "distribution", ours.root).start()
+    assert_distribution_serves(distribution, tmp_path, imgs, index, doomed, artifact)

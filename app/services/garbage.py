@@ -7,9 +7,10 @@ is read at each run, so a reload changes the interval, the grace period or turns
 
 A run first takes the leader lock (`gc:leader`, through the registry's lock store: Redis across
 machines, file locks on one machine) without waiting: when another replica (or another process on the
-same folder) is collecting, this one skips its turn. The mark and sweep itself is
-app/lifecycle/gc.py; what it changes is announced like a write (the index forgets the namespace, other
-replicas hear of it through app/coherence.py).
+same folder) is collecting, this one skips its turn. Retention rules, when configured, are enforced
+first (app/lifecycle/retention.py). The mark and sweep itself is app/lifecycle/gc.py; what it
+changes is announced like a write (the index forgets the namespace, other replicas hear of it through
+app/coherence.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from app import metrics
 from app.lifecycle.gc import GCOptions, GCResult, collect
+from app.lifecycle.retention import enforce
 from app.locks.base import LockTimeout
+from app.retention import RetentionPolicies
 from app.storage import StorageError
 from app.storage import locks as lock_names
 
@@ -71,6 +74,12 @@ class GarbageCollector:
         return state, float(self.registry.config.global_.gc.interval)
 
     async def collect_now(self, options: GCOptions) -> GCResult:
+        # Retention first, when rules are configured (docs/gc.md): the tags it removes leave manifests
+        # that this very run may collect (with delete_untagged) and blobs it then reclaims.
+        policies = RetentionPolicies.from_config(self.registry.config)
+        if policies.configured:
+            await enforce(self.registry.storage, self.registry.locks, policies, dry_run=options.dry_run,
+                          now=time.time(), on_removed=self._tag_removed, pull_times=self.registry.pull_times)
         result = await collect(self.registry.storage, self.registry.locks, options, self._changed)
         self.last, self.last_finished = result, time.time()
         RUNS.labels("ok").inc()
@@ -81,6 +90,10 @@ class GarbageCollector:
         log.info("garbage collection %s" % ("(dry run) done" if options.dry_run else "done"),
                  extra={"fields": result.as_fields()})
         return result
+
+    async def _tag_removed(self, namespace: str, tag: str) -> None:
+        self.registry.actors.index.tell("delete_tag", namespace, tag)
+        await self.registry.manifests.announce(namespace)
 
     async def _changed(self, namespace: str) -> None:
         index = self.registry.actors.index
