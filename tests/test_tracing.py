@@ -75,7 +75,8 @@ def test_push_and_pull_through_miss_span_trees(receiver: OTLPReceiver, tmp_path:
     every = receiver.roots()
     roots = [r for r in every if r.kind == SERVER]  # one per request; the others are housekeeping
     assert {r.name for r in every if r.kind != SERVER} <= {"storage.purge_temporary", "storage.close",
-                                                          "storage.walk", "storage.list_dir"}
+                                                          "storage.walk", "storage.list_dir",
+                                                          "pull_times.flush"}
 
     put = _root(roots, "manifest", "PUT", "/local/app/manifests/v1")
     assert put.attributes["http.response.status_code"] == 201

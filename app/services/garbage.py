@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from app import metrics
+from app import metrics, tracing
 from app.lifecycle.gc import GCOptions, GCResult, collect
 from app.lifecycle.retention import enforce
 from app.locks.base import LockTimeout
@@ -77,10 +77,12 @@ class GarbageCollector:
         # Retention first, when rules are configured (docs/gc.md): the tags it removes leave manifests
         # that this very run may collect (with delete_untagged) and blobs it then reclaims.
         policies = RetentionPolicies.from_config(self.registry.config)
-        if policies.configured:
-            await enforce(self.registry.storage, self.registry.locks, policies, dry_run=options.dry_run,
-                          now=time.time(), on_removed=self._tag_removed, pull_times=self.registry.pull_times)
-        result = await collect(self.registry.storage, self.registry.locks, options, self._changed)
+        with tracing.span("gc.run"):  # housekeeping: its storage calls are this span's children
+            if policies.configured:
+                await enforce(self.registry.storage, self.registry.locks, policies, dry_run=options.dry_run,
+                              now=time.time(), on_removed=self._tag_removed,
+                              pull_times=self.registry.pull_times)
+            result = await collect(self.registry.storage, self.registry.locks, options, self._changed)
         self.last, self.last_finished = result, time.time()
         RUNS.labels("ok").inc()
         if not options.dry_run:
