@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from app.locks.files import LOCKS_DIR, lock_file_stem
+from app.storage import locks as lock_names
 from tests.helpers import auth, stores
 from tests.helpers.drivers import DriverSpec
 from tests.helpers.oci import (
@@ -403,6 +405,36 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
 
 
 # --- scrub and the server share one lock store -----------------------------------------------------
+def _lock_files(root: Path, name: str) -> tuple[str, str]:
+    """The lock file and the gate file of the file lock `name` of a store at `root`."""
+    stem = os.path.join(root, LOCKS_DIR, lock_file_stem(name))
+    return f"{stem}.lock", f"{stem}.gate"
+
+
+def _held(lock_file: str) -> bool:
+    """Whether another process holds the flock of `lock_file` exclusively."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it a shared lock it may have taken
+    return False
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no sign of {what} in {timeout:g}s"
+        time.sleep(0.02)
+
+
 def test_scrub_waits_for_a_patch_in_progress_and_keeps_its_session(
         start_registry: Callable[..., RegistryProcess], tmp_path: Path) -> None:
     """With `--uploads 0s` every session is stale, but one a PATCH is writing to right now is held by
@@ -417,17 +449,20 @@ def test_scrub_waits_for_a_patch_in_progress_and_keeps_its_session(
     started = server.post("/v2/team/app/blobs/uploads/")
     assert started.status_code == 202, started.text
     path = location(started)
+    session_lock = lock_names.upload(started.headers["Docker-Upload-UUID"])
+    lock_file, gate_file = _lock_files(tmp_path / "store", session_lock)
     headers = (f"PATCH {path} HTTP/1.1\r\nHost: {server.host}\r\n{auth.header_lines(server)}"
                "Content-Type: application/octet-stream\r\n"
                f"Content-Length: {len(first) + len(second)}\r\n\r\n")
     answer: list[bytes] = []
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         sock.sendall(headers.encode() + first)
-        time.sleep(1.0)  # the server is inside the PATCH now, holding the session's lock
+        _wait_for(lambda: _held(lock_file), "the PATCH holding the session's lock")
         scrub = threading.Thread(target=lambda: answer.append(
             run_scrub(server, "--json", "--uploads", "0s").stdout.encode()))
         scrub.start()
-        time.sleep(2.0)  # scrub is waiting for the session lock
+        # An exclusive waiter raises the lock's gate (app/locks/files.py): scrub waits for the PATCH.
+        _wait_for(lambda: os.path.exists(gate_file), "scrub waiting for the session's lock")
         sock.sendall(second)
         response = sock.recv(65536)
         assert response.startswith(b"HTTP/1.1 202"), response[:300]
