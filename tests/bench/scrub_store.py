@@ -1,18 +1,22 @@
 """How long `registry scrub` takes on a store of N blobs (not a test; numbers for docs/gc.md).
 
-    python -m tests.bench.scrub_store --images 250 --layers 3 [--layer-size 16384] [--folder DIR] [--s3]
+    python -m tests.bench.scrub_store --images 250 --layers 3 [--layer-size 16384] [--garbage 0]
+                                      [--folder DIR] [--s3]
 
 Builds an fs store the way pushes leave it (blobs, layer links, revisions, tags: written through the
 storage driver and app/storage/layout.py, not over HTTP, so that building 10,000 blobs takes seconds),
 (`--s3`: a bucket on a moto server started for the run), then runs
 `python -m app -c <config> scrub --json` on it, once with `--dry-run` and once repairing,
-and prints the timings per check with blobs/s and MB/s.
+and prints the timings per check with blobs/s and MB/s. Before that, one garbage collection
+(app/lifecycle/gc.py `collect`, in this process, grace period 0) as a dry run and for real: with
+`--garbage N` the store also holds N unreferenced blobs (linked in no repository) for it to delete.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from app.grammar import Digest
@@ -35,7 +40,7 @@ def _digest(data: bytes) -> Digest:
     return Digest("sha256", hashlib.sha256(data).hexdigest())
 
 
-async def build(storage: Storage, images: int, layers: int, layer_size: int) -> int:
+async def build(storage: Storage, images: int, layers: int, layer_size: int, garbage: int = 0) -> int:
     blobs = 0
     jobs = asyncio.Semaphore(32)
 
@@ -63,8 +68,15 @@ async def build(storage: Storage, images: int, layers: int, layer_size: int) -> 
             await write_link(storage, layout.tag_current_link(namespace, f"t{i}"), digest)
             blobs += len(descriptors) + 1
 
+    async def unreferenced(i: int) -> None:
+        nonlocal blobs
+        async with jobs:
+            data = os.urandom(layer_size)
+            await storage.put(layout.blob_data(_digest(data)), data)
+            blobs += 1
+
     try:
-        await asyncio.gather(*(image(i) for i in range(images)))
+        await asyncio.gather(*(image(i) for i in range(images)), *(unreferenced(i) for i in range(garbage)))
     finally:
         await storage.close()
     return blobs
@@ -85,6 +97,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=250)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--layer-size", type=int, default=16384)
+    parser.add_argument("--garbage", type=int, default=0, help="unreferenced blobs for GC to delete")
     parser.add_argument("--folder", type=Path)
     parser.add_argument("--s3", action="store_true", help="on a moto server instead of a folder")
     args = parser.parse_args()
@@ -98,20 +111,42 @@ def main() -> None:
         moto = MotoServer(folder / "moto.log").start()
         spec = stores.new_s3_store(moto.endpoint)
         storage, where, section = spec.open(), f"s3://{spec.bucket}", stores.s3_section(spec)
+        reopen: Callable[[], Storage] = spec.open
     else:
         root = folder / "data"
         storage, where = FsStorage(root), str(root)
         section = f'[blob_store.fs]\nroot_dir = "{root.as_posix()}"\n'
+        reopen = functools.partial(FsStorage, root)
     try:
         started = time.monotonic()
-        blobs = asyncio.run(build(storage, args.images, args.layers, args.layer_size))
-        print(f"built {blobs} blobs ({args.images} images) in {time.monotonic() - started:.1f} s at {where}")
+        blobs = asyncio.run(build(storage, args.images, args.layers, args.layer_size, args.garbage))
+        print(f"built {blobs} blobs ({args.images} images, {args.garbage} unreferenced) in "
+              f"{time.monotonic() - started:.1f} s at {where}")
+        for dry_run in (True, False):
+            asyncio.run(_collect(reopen(), dry_run))
         config = folder / "config.toml"
         config.write_text(section)
         _measure(config)
     finally:
         if moto is not None:
             moto.stop()
+
+
+async def _collect(storage: Storage, dry_run: bool) -> None:
+    from app.lifecycle.gc import GCOptions, collect
+    from app.locks.memory import MemoryLockStore
+
+    locks = MemoryLockStore()
+    try:
+        result = await collect(storage, locks, GCOptions(grace_period=0, dry_run=dry_run))
+    finally:
+        await locks.close()
+        await storage.close()
+    print(f"gc ({'dry run' if dry_run else 'deleting'}): {result.seconds:.2f} s; "
+          f"{result.blobs_examined} blobs examined "
+          f"({result.blobs_examined / max(result.seconds, 1e-9):.0f}/s), "
+          f"{result.manifests_examined} manifests, {result.blobs_deleted} blobs deleted "
+          f"({result.bytes_reclaimed} bytes), {result.kept_on_recheck} kept on recheck")
 
 
 def _measure(config: Path) -> None:
