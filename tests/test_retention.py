@@ -33,7 +33,8 @@ from app.storage.fs import FsStorage
 from tests.helpers import auth
 from tests.helpers.distribution import DistributionProcess
 from tests.helpers.oci import OCI_MANIFEST, Image, make_image, push_image, random_layer
-from tests.helpers.server import REPO_ROOT, RegistryProcess
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.server import REPO_ROOT, RegistryProcess, toml_value
 
 DAY = 86400.0
 NOW = 1_800_000_000.0
@@ -472,3 +473,30 @@ def test_removed_tags_are_announced_and_distribution_serves_the_folder(
         assert distribution.get("/v2/dist/app/manifests/drop", headers=ACCEPT).status_code == 404
     finally:
         distribution.stop()
+
+
+def test_scrub_beside_servers_sharing_redis_tells_them_of_what_it_removed(
+        start_registry: Callable[..., RegistryProcess], tmp_path: Path) -> None:
+    """Servers that share their state through Redis keep tags in memory; a `scrub --retention`
+    process announces each tag it removes as a server announces its writes (app/coherence.py), so
+    the servers stop answering it on the very next request. Without that they served it on."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        root = tmp_path / "store"
+        shared = (f'[cache.redis]\nurl = {toml_value(redis.url)}\n\n[global.gc]\nenabled = false\n\n'
+                  '[global.retention_policy]\nrules = [\'image.tag == "keep"\']\n')
+        servers = [start_registry(_fs_section(root, shared)) for _ in range(2)]
+        images = _push_tags(servers[0], "team/app", ["keep", "drop"])
+        for server in servers:  # cached by each server now
+            drop = server.get("/v2/team/app/manifests/drop", headers=ACCEPT)
+            assert drop.content == images["drop"].manifest
+            assert server.get("/v2/team/app/tags/list").json()["tags"] == ["drop", "keep"]
+        status, report = _scrub(servers[0], "--retention")
+        assert status == 0 and _expired(report) == {("team/app", "drop")}, report
+        for server in servers:
+            assert server.get("/v2/team/app/manifests/drop", headers=ACCEPT).status_code == 404
+            assert server.get("/v2/team/app/tags/list").json()["tags"] == ["keep"]
+            keep = server.get("/v2/team/app/manifests/keep", headers=ACCEPT)
+            assert keep.content == images["keep"].manifest
+    finally:
+        redis.stop()

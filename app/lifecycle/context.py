@@ -3,6 +3,7 @@ progress display, and a memo of which blobs exist (shared layers are looked up o
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +41,9 @@ class ScrubContext:
     locks: LockStore
     dry_run: bool
     progress: Progress
+    # (namespace) -> None: tell the servers that a repair changed the namespace (app/coherence.py,
+    # with Redis); None: no server to tell (or none that shares its state).
+    announce: Callable[[str], Awaitable[None]] | None = None
     inventory: Inventory = field(default_factory=Inventory)
     marking: Marking = field(default_factory=Marking)
     _blobs: dict[Digest, bool] = field(default_factory=dict)

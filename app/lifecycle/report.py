@@ -78,6 +78,8 @@ class CheckReport:
     found: dict[str, int] = field(default_factory=dict)
     repaired: dict[str, int] = field(default_factory=dict)
     error: str | None = None  # the check could not complete (the store failed)
+    # Namespaces a repair changed (what a server serves from them): announced to the servers.
+    changed: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -92,6 +94,8 @@ class CheckReport:
         finding.repaired, finding.error = repaired, error
         if repaired:
             self.repaired[finding.kind] = self.repaired.get(finding.kind, 0) + 1
+            if finding.namespace is not None:
+                self.changed.add(finding.namespace)
 
     def finish(self) -> None:
         self.seconds = time.monotonic() - self.started

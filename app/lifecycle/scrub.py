@@ -10,12 +10,16 @@
 4. revisions: the links of every revision, including those the tags check re-linked.
 
 The walk of `repositories/` and the marking are taken once, before the checks that need them.
+
+With `announce` (the servers share their state through Redis) the namespaces a check repaired are
+announced when it ends, as a server announces its own writes (app/coherence.py): every server then
+reads them from the store again. Retention announces each removed tag at once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from app.lifecycle import inventory, references
@@ -45,10 +49,12 @@ class ScrubOptions:
 
 async def scrub(storage: Storage, locks: LockStore, options: ScrubOptions, store: str = "",
                 progress: Progress | None = None,
-                on_check_done: Callable[[CheckReport], None] | None = None) -> Report:
-    """Run the checks of `options` over `storage`; `on_check_done(check)` is called as each ends."""
+                on_check_done: Callable[[CheckReport], None] | None = None,
+                announce: Callable[[str], Awaitable[None]] | None = None) -> Report:
+    """Run the checks of `options` over `storage`; `on_check_done(check)` is called as each ends;
+    `announce(namespace)` tells the servers of each namespace a repair changed."""
     shown = progress or NoProgress()
-    ctx = ScrubContext(storage, locks, options.dry_run, shown)
+    ctx = ScrubContext(storage, locks, options.dry_run, shown, None if options.dry_run else announce)
     report = Report(options.dry_run, store)
     started = time.monotonic()
     prepared = False
@@ -70,6 +76,12 @@ async def scrub(storage: Storage, locks: LockStore, options: ScrubOptions, store
                 await _check(ctx, check, name, options)
         except StorageError as exc:
             check.error = str(exc)
+        if ctx.announce is not None and name != "retention":  # retention told them tag by tag
+            try:
+                for namespace in sorted(check.changed):
+                    await ctx.announce(namespace)
+            except StorageError as exc:  # Redis: the servers may go on answering what was repaired
+                check.error = check.error or f"the servers could not be told of the repairs: {exc}"
         check.finish()
         if on_check_done is not None:
             on_check_done(check)

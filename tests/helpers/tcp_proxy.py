@@ -65,6 +65,12 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
         await self._reset_all()
+        # Every connection's tasks end here, on a running loop: left pending, they were destroyed when
+        # the closed loop was collected, and pytest blamed whichever test was running then.
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _reset_all(self) -> None:
         for writer in list(self._open):

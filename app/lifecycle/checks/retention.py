@@ -18,8 +18,13 @@ from app.storage import layout
 
 async def run(ctx: ScrubContext, report: CheckReport, policies: RetentionPolicies,
               now: float | None = None) -> None:
+    async def removed(namespace: str, tag: str) -> None:
+        if ctx.announce is not None:  # at once: the servers stop answering the tag now
+            await ctx.announce(namespace)
+
     result = await enforce(ctx.storage, ctx.locks, policies, dry_run=ctx.dry_run,
-                           now=time.time() if now is None else now, progress=ctx.progress)
+                           now=time.time() if now is None else now, on_removed=removed,
+                           progress=ctx.progress)
     report.examined = result.examined
     for expired in result.expired:
         facts = expired.facts
