@@ -250,6 +250,15 @@ def _metric(server: RegistryProcess, name: str, labels: str = "") -> float:
     return sum(float(value) for found, value in samples if labels in found)
 
 
+def _runs(server: RegistryProcess) -> list[dict[str, object]]:
+    """The fields of each GC run the server logged (one line per run)."""
+    found = []
+    for line in server.logs().splitlines():
+        if '"garbage collection done"' in line:
+            found.append(json.loads(line))
+    return found
+
+
 def _stored_blobs(store: StoreView) -> set[str]:
     return {str(digest) for key in store.keys(layout.BLOBS) if (digest := blob_digest(key)) is not None}
 
@@ -295,7 +304,12 @@ def test_gc_every_second_beside_20_clients_loses_no_blob_and_reclaims_exactly_th
     runs = sum(_metric(server, "registry_gc_runs_total", 'result="ok"') for server in replicas.servers)
     failed = sum(_metric(server, "registry_gc_runs_total", 'result="failed"') for server in replicas.servers)
     garbage = {digest: size for digest, size in ledger.created.items() if digest not in live}
-    print(f"\nsoak: {dict(sorted(ledger.counts.items()))}, GC runs {runs:.0f}, blobs stored "
+    logged = [run for server in replicas.servers for run in _runs(server)]
+    durations = sorted(float(str(run["seconds"])) for run in logged)
+    assert len(logged) == runs, "one log line per run"
+    print(f"\nsoak: {dict(sorted(ledger.counts.items()))}, GC runs {runs:.0f} (median "
+          f"{durations[len(durations) // 2]:.2f} s, longest {durations[-1]:.2f} s; candidates kept on "
+          f"recheck {sum(int(str(run['kept_on_recheck'])) for run in logged)}), blobs stored "
           f"{len(ledger.created)}, blobs deleted {deleted:.0f}, bytes reclaimed {reclaimed:.0f}, live images "
           f"{len(ledger.live)} ({len(live)} blobs), missing blobs {missing}")
     assert failed == 0, "a GC run failed: see the replicas' logs"
