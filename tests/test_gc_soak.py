@@ -308,7 +308,10 @@ def test_gc_every_second_beside_20_clients_loses_no_blob_and_reclaims_exactly_th
     durations = sorted(float(str(run["seconds"])) for run in logged)
     assert len(logged) == runs, "one log line per run"
     print(f"\nsoak: {dict(sorted(ledger.counts.items()))}, GC runs {runs:.0f} (median "
-          f"{durations[len(durations) // 2]:.2f} s, longest {durations[-1]:.2f} s; candidates kept on "
+          f"{durations[len(durations) // 2]:.2f} s, longest {durations[-1]:.2f} s, of all runs' time marking "
+          f"{sum(float(str(run['mark_seconds'])) for run in logged):.1f} s and waiting for locks "
+          f"{sum(float(str(run['lock_wait_seconds'])) for run in logged):.1f} s of "
+          f"{sum(durations):.1f} s; candidates kept on "
           f"recheck {sum(int(str(run['kept_on_recheck'])) for run in logged)}), blobs stored "
           f"{len(ledger.created)}, blobs deleted {deleted:.0f}, bytes reclaimed {reclaimed:.0f}, live images "
           f"{len(ledger.live)} ({len(live)} blobs), missing blobs {missing}")

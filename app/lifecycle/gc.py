@@ -25,9 +25,10 @@ before the sweeper got its locks is seen; a PUT after them finds the blob gone a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from app.grammar import DIGEST_RE, Digest
@@ -36,7 +37,7 @@ from app.lifecycle import references as refs_
 from app.lifecycle.checks.blobs import blob_digest
 from app.lifecycle.inventory import Inventory
 from app.lifecycle.references import Marking, References
-from app.locks.base import LockStore, check_all, hold_all
+from app.locks.base import Lease, LockStore, check_all, hold_all
 from app.services.links import read_link
 from app.storage import Storage, layout
 from app.storage import locks as lock_names
@@ -73,6 +74,8 @@ class GCResult:
     links_deleted: int = 0
     # Candidates found referenced, linked or written again when looked at under their locks.
     kept_on_recheck: int = 0
+    mark_seconds: float = 0.0  # listing the repositories, reading every manifest and tag
+    lock_wait_seconds: float = 0.0  # waiting for the exclusive locks of the batches
     deleted_manifests: list[tuple[str, str]] = field(default_factory=list)  # (namespace, digest)
     deleted_blobs: list[str] = field(default_factory=list)
 
@@ -81,7 +84,8 @@ class GCResult:
                 "manifests_examined": self.manifests_examined, "manifests_deleted": self.manifests_deleted,
                 "blobs_examined": self.blobs_examined, "blobs_deleted": self.blobs_deleted,
                 "bytes_reclaimed": self.bytes_reclaimed, "links_deleted": self.links_deleted,
-                "kept_on_recheck": self.kept_on_recheck}
+                "kept_on_recheck": self.kept_on_recheck, "mark_seconds": round(self.mark_seconds, 3),
+                "lock_wait_seconds": round(self.lock_wait_seconds, 3)}
 
 
 async def collect(storage: Storage, locks: LockStore, options: GCOptions,
@@ -93,6 +97,7 @@ async def collect(storage: Storage, locks: LockStore, options: GCOptions,
     inventory = await inventories.take(storage)
     marking = await refs_.mark(storage, inventory)
     tags = await _current_tags(storage, inventory)
+    result.mark_seconds = time.monotonic() - started
     result.repositories = len(inventory.repositories)
     result.manifests_examined = sum(len(repo.revisions) for repo in inventory.repositories.values())
     run = _Run(storage, locks, options, deadline, inventory, marking, tags, result, changed)
@@ -160,6 +165,14 @@ class _Run:
     changed: Changed | None
     removed: set[tuple[str, Digest]] = field(default_factory=set)  # revisions this run deleted
 
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, batch: list[Digest]) -> AsyncIterator[list[Lease]]:
+        """The exclusive locks of a batch (blob and stripe locks, sorted), the wait counted."""
+        asked = time.monotonic()
+        async with hold_all(self.locks, lock_names.sweeping(batch), wait=LOCK_WAIT) as held:
+            self.result.lock_wait_seconds += time.monotonic() - asked
+            yield held
+
     async def _references(self, namespace: str, digest: Digest) -> References | None:
         """A revision's references: from the marking, else read now (a revision written since)."""
         key = (namespace, digest)
@@ -211,7 +224,7 @@ class _Run:
         tagged = set(self.tags.get(namespace, {}).values())
         candidates = revisions - self._kept(namespace, revisions, tagged)
         for batch in _batches(candidates):
-            async with hold_all(self.locks, lock_names.sweeping(batch), wait=LOCK_WAIT) as held:
+            async with self._exclusive(batch) as held:
                 # Looked at again under the locks: tags moved and revisions written since the marking.
                 now = await _revisions_now(self.storage, namespace)
                 for digest in now - revisions:
@@ -289,7 +302,7 @@ class _Run:
 
     async def _sweep(self, batch: list[Digest], sizes: dict[Digest, int]) -> None:
         wanted = set(batch)
-        async with hold_all(self.locks, lock_names.sweeping(batch), wait=LOCK_WAIT) as held:
+        async with self._exclusive(batch) as held:
             # Under the locks, what the marking could not see: revisions written since it (in any
             # repository, including new ones), links written within the grace period.
             names = sorted(set(await inventories.namespaces(self.storage)) | set(self.inventory.repositories))
