@@ -28,8 +28,10 @@ call here does nothing: one process is coherent by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from app.storage import StorageError
@@ -225,3 +227,20 @@ def open_coherence(config: Config, index: ActorHandle) -> Coherence:
     from app.redis_client import redis_client
 
     return RedisCoherence(redis_client(url), key_prefix, index, config.global_.index_max_namespaces, url)
+
+
+@contextlib.asynccontextmanager
+async def beside_servers(config: Config) -> AsyncIterator[tuple[Coherence, ActorHandle]]:
+    """For a command that writes to a store servers may be serving (scrub, delete-repository): the
+    coherence a server has (announcing through Redis when the servers share it; doing nothing
+    otherwise) and the index it keeps in step, one of the command's own, used for nothing else."""
+    from app.actors.bridge import ActorHandle
+    from app.actors.manifest_index import ManifestIndexActor
+
+    index = ActorHandle(ManifestIndexActor.start(config.global_.index_max_namespaces))
+    coherence = open_coherence(config, index)
+    try:
+        yield coherence, index
+    finally:
+        await coherence.close()
+        index.stop()

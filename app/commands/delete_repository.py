@@ -51,42 +51,36 @@ def _confirmed(name: str) -> bool | None:
 
 
 async def _run(config: Config, name: str, args: argparse.Namespace) -> int:
-    from app.actors.bridge import ActorHandle
-    from app.actors.manifest_index import ManifestIndexActor
-    from app.coherence import open_coherence, shared_redis
+    from app.coherence import beside_servers, shared_redis
     from app.locks import open_lock_store
     from app.services.repository_delete import RepositoryDeletion
     from app.storage import StorageError, open_stores
 
     storage = open_stores(config.blob_store, config.metadata_store)
     locks = open_lock_store(config.blob_store, config.metadata_store)
-    # The replicas are told as a server tells them (app/coherence.py); that needs an index to keep in
-    # step, which here is one of our own, used for nothing else.
-    index = ActorHandle(ManifestIndexActor.start(config.global_.index_max_namespaces))
-    coherence = open_coherence(config, index)
     try:
-        deletion = RepositoryDeletion(storage, locks, index=index, coherence=coherence)
-        try:
-            if not args.dry_run and not args.yes:
-                await deletion.survey(name)  # NAME_UNKNOWN before asking
-                confirmed = _confirmed(name)
-                if not confirmed:
-                    return 2 if confirmed is None else 1
-            report = await deletion.delete(name, dry_run=args.dry_run)
-        except errors.NameUnknown as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-            return 1
-        except StorageError as exc:  # also the lock store and Redis (unreachable, a lock lost)
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        except TimeoutError as exc:
-            print(f"error: a lock could not be had: {exc}", file=sys.stderr)
-            return 2
+        # The replicas are told as a server tells them (app/coherence.py).
+        async with beside_servers(config) as (coherence, index):
+            deletion = RepositoryDeletion(storage, locks, index=index, coherence=coherence)
+            try:
+                if not args.dry_run and not args.yes:
+                    await deletion.survey(name)  # NAME_UNKNOWN before asking
+                    confirmed = _confirmed(name)
+                    if not confirmed:
+                        return 2 if confirmed is None else 1
+                report = await deletion.delete(name, dry_run=args.dry_run)
+            except errors.NameUnknown as exc:
+                print(f"error: {exc.message}", file=sys.stderr)
+                return 1
+            except StorageError as exc:  # also the lock store and Redis (unreachable, a lock lost)
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            except TimeoutError as exc:
+                print(f"error: a lock could not be had: {exc}", file=sys.stderr)
+                return 2
     finally:
-        await coherence.close()
         await locks.close()
         await storage.close()
-        index.stop()
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -96,38 +97,8 @@ def describe_store(config: Config) -> str:
     return f"s3://{store.s3.bucket}/{prefix}" if prefix else f"s3://{store.s3.bucket}"
 
 
-class _Announcer:
-    """Tells the servers of the namespaces scrub repaired, as a server tells the others of its writes
-    (app/coherence.py): only when they share their state through Redis. A server without Redis does
-    not hear of them (docs/gc.md)."""
-
-    def __init__(self, config: Config) -> None:
-        from app.coherence import shared_redis
-
-        self.shared = shared_redis(config) is not None
-        self._config = config
-        self._coherence: Any = None
-        self._index: Any = None
-
-    async def announce(self, namespace: str) -> None:
-        if self._coherence is None:  # on the first repair: a run that repairs nothing needs no Redis
-            from app.actors.bridge import ActorHandle
-            from app.actors.manifest_index import ManifestIndexActor
-            from app.coherence import open_coherence
-
-            # Coherence keeps an index in step; here one of our own, used for nothing else.
-            self._index = ActorHandle(ManifestIndexActor.start(self._config.global_.index_max_namespaces))
-            self._coherence = open_coherence(self._config, self._index)
-        # A repair may empty a namespace or restore one: the catalog's version moves too.
-        await self._coherence.changed(namespace, new_namespace=True)
-
-    async def close(self) -> None:
-        if self._coherence is not None:
-            await self._coherence.close()
-            self._index.stop()
-
-
 async def _run(config: Config, options: ScrubOptions, as_json: bool) -> int:
+    from app.coherence import beside_servers
     from app.lifecycle.scrub import scrub
     from app.locks import open_lock_store
     from app.storage import StorageError, open_stores
@@ -137,20 +108,23 @@ async def _run(config: Config, options: ScrubOptions, as_json: bool) -> int:
     locks = open_lock_store(config.blob_store, config.metadata_store)
     storage = open_stores(config.blob_store, config.metadata_store)
     interactive = sys.stderr.isatty() and not as_json
-    told = _Announcer(config)
 
     def done(check: CheckReport) -> None:
         if not as_json:
             print(check.summary(), flush=True)
 
     try:
-        report = await scrub(storage, locks, options, describe_store(config),
-                             Bar() if interactive else None, done, told.announce if told.shared else None)
+        # What a repair changes, the servers hear of as of another server's write, when they share
+        # Redis (a server without it does not: docs/gc.md). A repair may empty a namespace or
+        # restore one: the catalog's version moves too.
+        async with beside_servers(config) as (coherence, _):
+            announce = functools.partial(coherence.changed, new_namespace=True) if coherence.shared else None
+            report = await scrub(storage, locks, options, describe_store(config),
+                                 Bar() if interactive else None, done, announce)
     except StorageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        await told.close()
         await storage.close()
         await locks.close()
     if as_json:
