@@ -38,7 +38,8 @@ from tests.helpers.oci import (
     push_image,
     random_layer,
 )
-from tests.helpers.server import REPO_ROOT, RegistryProcess
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.server import REPO_ROOT, RegistryProcess, toml_value
 
 V2 = "docker/registry/v2"
 GRACE = 2.0  # the grace period and upload age of the fault runs (seconds)
@@ -275,6 +276,30 @@ def test_selected_checks_run_alone(server: RegistryProcess) -> None:
     code, report = scrub_json(server, "--revisions")
     assert code == 0 and repaired(report) == {"missing_layer_link": 1}
     assert pull_complete(server, "only/tags", "v1")
+
+
+def test_repairs_reach_servers_that_share_redis(start_registry: Callable[..., RegistryProcess],
+                                                tmp_path: Path) -> None:
+    """A server keeps tag lists and tags in memory; with Redis shared, the namespaces scrub's checks
+    repaired are announced as a server announces its writes, and the server answers the repaired
+    state on its next request. Without the announcement it listed the removed tag on."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        server = start_registry(f"[cache.redis]\nurl = {toml_value(redis.url)}\n")
+        image, lost = make_image([random_layer(1024)]), make_image([random_layer(1024)])
+        for tag, pushed in (("v1", image), ("gone", lost)):
+            assert push_image(server.session, server.url, "team/app", pushed, tag=tag).status_code == 201
+        assert server.get("/v2/team/app/tags/list").json()["tags"] == ["gone", "v1"]  # cached now
+        # Behind the server's back, the manifest "gone" names is lost: a dangling tag for scrub.
+        on_store(server, "delete", blob_key(lost.digest))
+        revision = f"{V2}/repositories/team/app/_manifests/revisions/sha256/{lost.digest[7:]}/link"
+        on_store(server, "delete", revision)
+        code, report = scrub_json(server, "--tags")
+        assert code == 0 and repaired(report) == {"dangling_tag": 1}, report
+        assert server.get("/v2/team/app/tags/list").json()["tags"] == ["v1"]
+        assert pull_complete(server, "team/app", "v1")
+    finally:
+        redis.stop()
 
 
 def test_split_stores_keep_the_quarantine_with_the_blobs(start_registry: Callable[..., RegistryProcess],

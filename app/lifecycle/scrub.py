@@ -11,9 +11,10 @@
 
 The walk of `repositories/` and the marking are taken once, before the checks that need them.
 
-With `announce` (the servers share their state through Redis) the namespaces a check repaired are
-announced when it ends, as a server announces its own writes (app/coherence.py): every server then
-reads them from the store again. Retention announces each removed tag at once.
+With `announce` (the servers share their state through Redis) the namespaces the blobs, tags and
+revisions checks changed are announced as each ends, as a server announces its own writes
+(app/coherence.py): every server then reads them from the store again. Retention announces each
+removed tag at once.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ CHECKS = ("retention", "uploads", "blobs", "tags", "revisions")
 UNITS = {"retention": "tags", "uploads": "upload sessions", "blobs": "blobs", "tags": "tags",
          "revisions": "revisions"}
 DEFAULT_UPLOAD_AGE = 24 * 3600.0
+# The checks whose repairs change what a server's manifest index holds (tags, revisions, referrers,
+# the catalog, which a namespace leaves with its last layer link): their namespaces are announced as
+# each ends. Retention announces each tag as it goes; upload sessions are read from the store on
+# every request, never from the index.
+INDEXED = ("blobs", "tags", "revisions")
 
 
 @dataclass
@@ -76,7 +82,7 @@ async def scrub(storage: Storage, locks: LockStore, options: ScrubOptions, store
                 await _check(ctx, check, name, options)
         except StorageError as exc:
             check.error = str(exc)
-        if ctx.announce is not None and name != "retention":  # retention told them tag by tag
+        if ctx.announce is not None and name in INDEXED:
             try:
                 for namespace in sorted(check.changed):
                     await ctx.announce(namespace)

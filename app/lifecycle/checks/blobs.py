@@ -154,6 +154,8 @@ async def _sweep(ctx: ScrubContext, report: CheckReport, candidates: list[tuple[
                     continue
                 for namespace in linked:  # links first: a link to a deleted blob would be followed
                     await ctx.storage.delete(layout.layer_link(namespace, digest))
+                # A namespace may leave the catalog with its last link (as in the GC's sweep).
+                report.changed.update(linked)
                 await ctx.storage.delete_tree(layout.blob_dir(digest))
         except (StorageError, TimeoutError) as exc:
             if not added:
